@@ -1,0 +1,87 @@
+"""Engine configuration: the `tts:` section of chatterd's YAML, as a frozen dataclass.
+
+The engine owns this type so that `tts/` never imports the daemon; `daemon.config` embeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_CHECKPOINT = "ResembleAI/chatterbox"
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    # Hugging Face repo id, or a local directory with the five checkpoint files.
+    checkpoint: str = DEFAULT_CHECKPOINT
+    # "auto" picks cuda when available, else cpu.
+    device: str = "auto"
+    # T3 weight dtype: auto | float32 | bfloat16 | float16 | int8 (int8 = dynamic-quantized linears, CPU).
+    dtype: str = "auto"
+    # Named voices: name -> reference wav (5-10 s of clean speech). The checkpoint's own voice is "default".
+    voices: dict[str, str] = field(default_factory=dict)
+    # Voice used when a request names none; must be "default" or a key of `voices`.
+    default_voice: str = "default"
+    # Where computed voice conditionals and compile artefacts are cached; null = no disk cache.
+    cache_dir: str | None = None
+    # Sampling.
+    temperature: float = 0.8
+    cfg_weight: float = 0.5
+    exaggeration: float = 0.5
+    repetition_penalty: float = 1.2
+    min_p: float = 0.05
+    top_p: float = 1.0
+    # Fixed seed for reproducible output; null = fresh randomness per request.
+    seed: int | None = None
+    # Length guard: at most ceil(chars * max_tokens_per_char) speech tokens (25 tokens = 1 s),
+    # and never more than max_speech_tokens. Ends runaway generation when no stop token comes.
+    max_tokens_per_char: float = 3.0
+    max_speech_tokens: int = 1000
+    # Streaming schedule, in speech tokens: a small first chunk for fast first audio, then chunks
+    # growing by `chunk_growth` up to `max_chunk_tokens`.
+    first_chunk_tokens: int = 10
+    chunk_tokens: int = 25
+    chunk_growth: float = 2.0
+    max_chunk_tokens: int = 100
+    # Already-vocoded tokens fed again as left context at every chunk (prosody continuity).
+    context_tokens: int = 50
+    # Flow-matching (CFM) Euler steps in the vocoder; upstream uses 10.
+    flow_steps: int = 10
+    # Cap on the voice-prompt tokens prepended to every vocoder call (null = the full prompt, ~10 s).
+    prompt_tokens: int | None = None
+    # Crossfade at chunk seams, milliseconds.
+    crossfade_ms: float = 20.0
+    # torch.compile the T3 step (and warm every shape up before serving).
+    compile: bool = False
+    # Threads for CPU inference; null = torch's default.
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             "device must be auto, cpu, cuda or cuda:N"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16", "int8"),
+             "dtype must be auto, float32, bfloat16, float16 or int8"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.cfg_weight >= 0, "cfg_weight must be >= 0"),
+            (0 <= self.exaggeration <= 2, "exaggeration must be in 0..2"),
+            (self.repetition_penalty >= 1, "repetition_penalty must be >= 1"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.max_tokens_per_char > 0, "max_tokens_per_char must be > 0"),
+            (self.max_speech_tokens >= 1, "max_speech_tokens must be >= 1"),
+            (self.first_chunk_tokens >= 1, "first_chunk_tokens must be >= 1"),
+            (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
+            (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
+            (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
+            (self.context_tokens >= 0, "context_tokens must be >= 0"),
+            (1 <= self.flow_steps <= 50, "flow_steps must be in 1..50"),
+            (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),
+            (0 <= self.crossfade_ms <= 200, "crossfade_ms must be in 0..200"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),
+            (self.default_voice == "default" or self.default_voice in self.voices,
+             "default_voice must be 'default' or a name under tts.voices"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

@@ -1,0 +1,312 @@
+"""StreamingTTS: text in, float32 PCM chunks out, while T3 is still decoding.
+
+    engine = StreamingTTS.load(config)   # resolve + validate the checkpoint, load weights
+    engine.warm_up()                     # run (and compile) every shape the hot path uses
+    for pcm in engine.stream("The front door is open.", voice=None, cancel=event):
+        ...                              # float32 mono at engine.sample_rate
+
+The engine is single-tenant: one request synthesises at a time (the daemon serialises requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tts.checkpoint import is_random_checkpoint, resolve_checkpoint
+from tts.config import TTSConfig
+from tts.errors import CheckpointError, SynthesisError, TTSError
+from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding, quantize_int8
+from tts.text import normalize, token_budget
+from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder
+from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
+
+log = logging.getLogger(__name__)
+
+S3GEN_VOCAB = 6561
+# S3Gen buffers that upstream's checkpoints do not store (recomputed at construction).
+_S3GEN_OPTIONAL_KEYS = ("tokenizer._mel_filters", "tokenizer.window", "trim_fade")
+
+
+@dataclass
+class SynthesisStats:
+    """Per-request timings, filled in by `stream` (all seconds, wall clock)."""
+
+    text_chars: int = 0
+    tokens: int = 0
+    audio_samples: int = 0
+    t3_s: float = 0.0
+    flow_s: float = 0.0
+    hift_s: float = 0.0
+    first_chunk_s: float | None = None
+    chunk_times: list[tuple[float, int]] = field(default_factory=list)  # (time since start, samples)
+    stopped_by_guard: bool = False
+
+
+class ChunkSchedule:
+    """Token counts per chunk: small first chunk, then growing by `growth` up to `maximum`."""
+
+    def __init__(self, first: int, then: int, growth: float, maximum: int) -> None:
+        self._next = first
+        self._then = then
+        self._growth = growth
+        self._max = maximum
+        self._started = False
+
+    def next(self) -> int:
+        size = self._next
+        if not self._started:
+            self._started = True
+            self._next = self._then
+        else:
+            self._next = min(self._max, max(self._next + 1, int(self._next * self._growth)))
+        return size
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TTSError("tts.device is cuda but no CUDA device is available")
+    return device
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(T3 compute dtype, int8 weights?). auto: bf16 on CUDA with bf16 support, fp16 on older
+    CUDA, bf16 on CPUs with native bf16 matmul, fp32 elsewhere."""
+    if name == "int8":
+        if device.type != "cpu":
+            raise TTSError("tts.dtype int8 is a CPU path; use bfloat16 or float16 on CUDA")
+        return torch.float32, True
+    if name != "auto":
+        return getattr(torch, name), False
+    if device.type == "cuda":
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), False
+    return (torch.bfloat16 if _cpu_has_bf16() else torch.float32), False
+
+
+class StreamingTTS:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, config: TTSConfig, *, t3: torch.nn.Module, s3gen: torch.nn.Module,
+                 tokenizer: object, voices: VoiceBank, device: torch.device, dtype: torch.dtype,
+                 int8: bool, checkpoint_dir: Path) -> None:
+        self.config = config
+        self.t3 = t3
+        self.s3gen = s3gen
+        self.tokenizer = tokenizer
+        self.voice_bank = voices
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint_dir = checkpoint_dir
+        self.random_weights = is_random_checkpoint(checkpoint_dir)
+        prefix_room = 34 + 2 + 2 + 512  # conditioning + BOS pair + start/stop text + up to 512 text tokens
+        self.decoder = T3Decoder(t3, dtype=dtype, max_len=prefix_room + config.max_speech_tokens,
+                                 int8=int8, compile=config.compile)
+        self.params = SamplingParams(
+            temperature=config.temperature, cfg_weight=config.cfg_weight,
+            repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
+        )
+        self._lock = threading.Lock()
+        self.warm = False
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return self.voice_bank.names
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: TTSConfig) -> StreamingTTS:
+        """Resolve the checkpoint (hub id or directory), load and validate every part."""
+        from chatterbox.models.s3gen import S3Gen
+        from chatterbox.models.t3 import T3
+        from chatterbox.models.tokenizers import EnTokenizer
+        from chatterbox.models.voice_encoder import VoiceEncoder
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.cache_dir:
+            # Inductor's compiled kernels survive restarts here instead of under /tmp.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir) / "inductor"))
+        device = pick_device(config.device)
+        dtype, int8 = pick_dtype(config.dtype, device)
+        ckpt = resolve_checkpoint(config.checkpoint)
+        t0 = time.perf_counter()
+
+        t3 = T3()
+        _load_state(t3, ckpt / "t3_cfg.safetensors", strict=True)
+        s3gen = S3Gen()
+        _load_state(s3gen, ckpt / "s3gen.safetensors", strict=False)
+        ve = VoiceEncoder()
+        _load_state(ve, ckpt / "ve.safetensors", strict=True)
+        try:
+            tokenizer = EnTokenizer(str(ckpt / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise CheckpointError(f"{ckpt / 'tokenizer.json'}: not a usable tokenizer ({exc})") from exc
+        t3.to(device).eval()
+        s3gen.to(device).eval()
+        ve.to(device).eval()
+
+        voices = {DEFAULT_VOICE: build_voice(DEFAULT_VOICE, load_conds_file(ckpt / "conds.pt"), t3,
+                                             exaggeration=config.exaggeration,
+                                             prompt_tokens=config.prompt_tokens, device=device)}
+        cache_dir = Path(config.cache_dir) if config.cache_dir else None
+        for name, wav in config.voices.items():
+            conds = conditionals_from_wav(Path(wav), ve=ve, s3gen=s3gen, t3_prompt_len=t3.hp.speech_cond_prompt_len,
+                                          cache_dir=cache_dir, model_id=str(ckpt))
+            voices[name] = build_voice(name, conds, t3, exaggeration=config.exaggeration,
+                                       prompt_tokens=config.prompt_tokens, device=device)
+        del ve  # only needed to prepare voices
+
+        # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
+        if int8:
+            quantize_int8(t3)
+        elif dtype != torch.float32:
+            cast_for_decoding(t3, dtype)
+        engine = cls(config, t3=t3, s3gen=s3gen, tokenizer=tokenizer, voices=VoiceBank(voices),
+                     device=device, dtype=dtype, int8=int8, checkpoint_dir=ckpt)
+        log.info("loaded %s in %.1f s: device %s, T3 %s%s, voices %s%s", ckpt, time.perf_counter() - t0,
+                 device, "int8" if int8 else str(dtype).removeprefix("torch."),
+                 ", compiled" if config.compile else "", ", ".join(engine.voices),
+                 " (RANDOM WEIGHTS: output is noise)" if engine.random_weights else "")
+        return engine
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def warm_up(self) -> float:
+        """Run every shape the hot path uses before serving; returns the seconds it took."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        if cfg.compile:
+            prefix_len = 34 + 2 + 2 + 2
+            n = self.decoder.warm_up(prefix_len, self.decoder.max_len - prefix_len - 1, self.params)
+            log.info("warm-up: %d T3 step graphs compiled", n)
+        # One short request end to end: prefill, steps, two vocoder chunks, final flush.
+        stats = SynthesisStats()
+        words = "Ready to speak now."
+        for _ in self.stream(words, max_tokens=cfg.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD, stats=stats):
+            pass
+        self.warm = True
+        elapsed = time.perf_counter() - t0
+        log.info("warm-up done in %.1f s", elapsed)
+        return elapsed
+
+    def stream(self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
+               max_tokens: int | None = None, stats: SynthesisStats | None = None,
+               seed: int | None = None) -> Iterator[np.ndarray]:
+        """Yield float32 PCM chunks for `text` as they are synthesised.
+
+        Raises UnknownVoice before any work for an unknown voice, SynthesisError when synthesis
+        fails. Checks `cancel` between chunks; a cancelled stream simply ends.
+        """
+        selected = self.voice_bank.get(voice)  # raises UnknownVoice
+        clean = normalize(text)
+        if not clean:
+            raise SynthesisError("nothing to say: the text is empty after normalisation")
+        budget = token_budget(clean, self.config.max_tokens_per_char, self.config.max_speech_tokens)
+        if max_tokens is not None:
+            budget = min(budget, max_tokens)
+        stats = stats if stats is not None else SynthesisStats()
+        stats.text_chars = len(clean)
+        with self._lock:
+            try:
+                yield from self._stream(clean, selected, budget, cancel, stats, seed)
+            except (TTSError, GeneratorExit):
+                raise
+            except torch.cuda.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                raise SynthesisError("out of GPU memory during synthesis") from exc
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise SynthesisError(f"synthesis failed: {exc}") from exc
+
+    def _stream(self, text: str, voice: Voice, budget: int, cancel: threading.Event | None,
+                stats: SynthesisStats, seed: int | None) -> Iterator[np.ndarray]:
+        cfg = self.config
+        start = time.perf_counter()
+        seed = seed if seed is not None else cfg.seed
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6), "little"))
+        with torch.inference_mode():
+            text_ids = self.tokenizer.text_to_tokens(text).to(self.device)  # type: ignore[attr-defined]
+            sot, eot = self.t3.hp.start_text_token, self.t3.hp.stop_text_token
+            text_ids = torch.nn.functional.pad(torch.nn.functional.pad(text_ids, (1, 0), value=sot), (0, 1), value=eot)
+            prefix = self.decoder.prefix_embeds(voice.cond_emb, text_ids.long())
+        vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow_steps=cfg.flow_steps,
+                                   context_tokens=cfg.context_tokens, crossfade_ms=cfg.crossfade_ms,
+                                   generator=generator)
+        schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens)
+        tokens: list[int] = []
+        produced = 0
+        target = schedule.next()
+        decoded = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=cancel)
+        t_mark = time.perf_counter()
+        for block in decoded:
+            produced += len(block)
+            # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
+            tokens.extend(t for t in block if t < S3GEN_VOCAB)
+            stats.t3_s += time.perf_counter() - t_mark
+            while vocoder.ready(len(tokens), target):
+                if cancel is not None and cancel.is_set():
+                    return
+                pcm = vocoder.process(tokens, chunk=target)
+                yield self._emit(pcm, stats, start, vocoder)
+                target = schedule.next()
+            if cancel is not None and cancel.is_set():
+                return
+            t_mark = time.perf_counter()
+        stats.tokens = len(tokens)
+        stats.stopped_by_guard = produced >= budget
+        if cancel is not None and cancel.is_set():
+            return
+        pcm = vocoder.process(tokens, final=True)
+        if len(pcm):
+            yield self._emit(pcm, stats, start, vocoder)
+
+    @staticmethod
+    def _emit(pcm: np.ndarray, stats: SynthesisStats, start: float, vocoder: StreamingVocoder) -> np.ndarray:
+        now = time.perf_counter() - start
+        if stats.first_chunk_s is None:
+            stats.first_chunk_s = now
+        stats.chunk_times.append((now, len(pcm)))
+        stats.audio_samples += len(pcm)
+        stats.flow_s, stats.hift_s = vocoder.flow_s, vocoder.hift_s
+        return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _load_state(module: torch.nn.Module, path: Path, *, strict: bool) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
+    if "model" in state:  # some T3 exports nest the state dict
+        state = state["model"][0]  # type: ignore[index]
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"{path}: weights do not fit the model: {exc}") from exc
+    missing = [k for k in missing if not k.endswith(_S3GEN_OPTIONAL_KEYS)]
+    if missing or (strict and unexpected):
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing {len(missing)}: {missing[:3]}, "
+            f"unexpected {len(unexpected)}: {unexpected[:3]})"
+        )

@@ -1,0 +1,289 @@
+"""T3 decoding owned by the engine: static KV cache, SDPA, and the whole sampling step on device.
+
+Upstream chatterbox decodes through Hugging Face's generic Llama with a growing cache, eager
+attention and host-side logits processors with a host sync per step. Here the same weights (the
+upstream module, loaded with upstream's parameter names) run through a small hand-written Llama
+forward over a preallocated cache for both classifier-free-guidance rows, and one function does a
+whole step: embed the previous token, run 30 layers, mix CFG, penalise repeats, apply temperature,
+min-p and top-p, and sample without leaving the device. That function is what `torch.compile`
+sees; KV lengths are bucketed so a handful of static shapes cover every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+# KV lengths are rounded up to a multiple of this, so at most max_len / KV_BUCKET step graphs exist.
+KV_BUCKET = 128
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    cfg_weight: float = 0.5
+    repetition_penalty: float = 1.2
+    min_p: float = 0.05
+    top_p: float = 1.0
+    greedy: bool = False
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Same arithmetic as LlamaRMSNorm: normalise in fp32, scale in the weight dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class T3Decoder:
+    """Decodes speech tokens from upstream T3 weights with a static cache of `max_len` positions."""
+
+    def __init__(self, t3: nn.Module, *, dtype: torch.dtype, max_len: int, int8: bool = False,
+                 compile: bool = False) -> None:
+        self.t3 = t3
+        self.hp = t3.hp
+        self.device = t3.speech_head.weight.device
+        self.dtype = dtype
+        cfg = t3.cfg
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.eps = cfg.rms_norm_eps
+        self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
+        self.layers = list(t3.tfmr.layers)
+        self.final_norm = t3.tfmr.norm.weight
+        self._lock = threading.Lock()
+
+        # RoPE table for every cache position, from upstream's own rotary module (llama3 scaling).
+        positions = torch.arange(self.max_len, device=self.device)[None]
+        probe = torch.zeros(1, dtype=torch.float32, device=self.device)
+        cos, sin = t3.tfmr.rotary_emb(probe, positions)
+        self.cos = cos[0].to(dtype)  # (max_len, head_dim)
+        self.sin = sin[0].to(dtype)
+
+        # Static KV cache for the two CFG rows: (layers, 2, kv_heads, max_len, head_dim).
+        shape = (self.n_layers, 2, self.n_kv_heads, self.max_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        # Tokens seen so far (repetition penalty), as a mask over the speech vocabulary.
+        self.seen = torch.zeros(self.hp.speech_tokens_dict_size, dtype=torch.bool, device=self.device)
+        self.compiled = compile
+        self._step: Callable[..., Tensor] = self._decode_step
+        if compile:
+            # One graph per KV bucket (kv_len is a Python int, hence a static shape); dynamic=False
+            # keeps every other shape fixed. On CUDA, reduce-overhead captures CUDA graphs.
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self.int8 = int8
+
+    # -- the transformer -------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool) -> Tensor:
+        """Run the backbone on x (2, S, dim) at positions start..start+S-1; returns normed hidden states."""
+        bsz, seq, _ = x.shape
+        idx = start + torch.arange(seq, device=x.device)  # (S,)
+        cos = self.cos.index_select(0, idx)[None, None]  # (1, 1, S, head_dim)
+        sin = self.sin.index_select(0, idx)[None, None]
+        if not prefill:
+            # Bucketed decode: attend over kv_len slots, masking those past the current position.
+            mask = (torch.arange(kv_len, device=x.device) <= start)[None, None, None]  # (1,1,1,kv_len)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = _rms_norm(x, layer.input_layernorm.weight, self.eps)
+            q = attn.q_proj(h).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (2, H, S, D)
+            k = attn.k_proj(h).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k_cache[i].index_copy_(2, idx, k)
+            self.v_cache[i].index_copy_(2, idx, v)
+            if prefill:
+                # The prefill starts at position 0, so plain causal attention over its own k, v is exact.
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                keys = self.k_cache[i, :, :, :kv_len]  # (2, H, kv_len, D)
+                values = self.v_cache[i, :, :, :kv_len]
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
+            h = _rms_norm(x, layer.post_attention_layernorm.weight, self.eps)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        return _rms_norm(x, self.final_norm, self.eps)
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        return self.t3.speech_head(hidden).float()  # (2, V)
+
+    # -- sampling, all on device ------------------------------------------------------------------
+
+    def _sample(self, logits: Tensor, params: SamplingParams, noise: Tensor) -> Tensor:
+        """logits (2, V) for the CFG rows -> next token id (1,); updates the repetition mask."""
+        cond, uncond = logits[0], logits[1]
+        scores = cond + params.cfg_weight * (cond - uncond)  # (V,)
+        penalty = params.repetition_penalty
+        if penalty != 1.0:
+            penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+            scores = torch.where(self.seen, penalised, scores)
+        if params.greedy:
+            token = scores.argmax().view(1)
+        else:
+            scores = scores / params.temperature
+            if params.min_p > 0:
+                probs = scores.softmax(-1)
+                scores = scores.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
+            if params.top_p < 1.0:
+                sorted_scores, order = scores.sort()
+                cumulative = sorted_scores.softmax(-1).cumsum(-1)
+                drop_sorted = cumulative <= (1 - params.top_p)
+                drop_sorted[-1] = False  # always keep the most likely token
+                drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+                scores = scores.masked_fill(drop, float("-inf"))
+            probs = scores.softmax(-1)
+            # Exponential-race sampling: argmax(p / Exp(1)) draws from p without a host sync.
+            token = (probs / noise).argmax().view(1)
+        self.seen.index_fill_(0, token, True)
+        return token
+
+    def _decode_step(self, token: Tensor, pos: Tensor, speech_pos: Tensor, kv_len: int,
+                     params: SamplingParams, noise: Tensor) -> Tensor:
+        """token (1,) at cache position `pos` and speech position `speech_pos` -> next token (1,)."""
+        emb = self.t3.speech_emb(token) + self.t3.speech_pos_emb.emb(speech_pos.view(1))  # (1, dim)
+        x = emb.to(self.dtype).expand(2, -1)[:, None, :]  # (2, 1, dim): both CFG rows see the token
+        hidden = self._forward(x, pos, kv_len, prefill=False)
+        return self._sample(self._logits(hidden[:, -1]), params, noise)
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def prefix_embeds(self, cond_emb: Tensor, text_tokens: Tensor) -> Tensor:
+        """[cond | text | BOS | BOS] for both CFG rows, exactly as upstream's inference builds it.
+
+        cond_emb (1, C, dim); text_tokens (1, T) with start/stop text tokens -> (2, C + T + 2, dim).
+        Upstream feeds BOS twice (once as the initial speech token, once as the loop's first input);
+        the weights were used that way, so the prefix keeps it.
+        """
+        t3 = self.t3
+        text = text_tokens.expand(2, -1)
+        text_emb = t3.text_emb(text).clone()  # (2, T, dim)
+        text_emb[1].zero_()  # unconditional row: no text
+        text_emb = text_emb + t3.text_pos_emb(text)
+        bos = torch.full((1, 1), self.hp.start_speech_token, dtype=torch.long, device=self.device)
+        bos_emb = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)  # (1, 1, dim)
+        bos_emb = bos_emb.expand(2, -1, -1)
+        cond = cond_emb.to(text_emb.dtype).expand(2, -1, -1)
+        return torch.cat([cond, text_emb, bos_emb, bos_emb], dim=1).to(self.dtype)
+
+    def prefill(self, prefix: Tensor) -> Tensor:
+        """Fill the cache with the prefix (2, P, dim); returns the logits (2, V) for the first token."""
+        if prefix.shape[1] >= self.max_len:
+            raise ValueError(f"prefix of {prefix.shape[1]} positions does not fit the {self.max_len}-slot cache")
+        start = torch.zeros((), dtype=torch.long, device=self.device)
+        hidden = self._forward(prefix, start, prefix.shape[1], prefill=True)
+        return self._logits(hidden[:, -1])
+
+    def kv_bucket(self, positions: int) -> int:
+        return min(self.max_len, int(math.ceil(positions / KV_BUCKET) * KV_BUCKET))
+
+    def buckets_for(self, prefix_len: int, max_tokens: int) -> list[int]:
+        last = prefix_len + max_tokens
+        return sorted({self.kv_bucket(p) for p in range(prefix_len + 1, last + 1, KV_BUCKET)} | {self.kv_bucket(last)})
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prefix: Tensor,
+        max_tokens: int,
+        params: SamplingParams,
+        *,
+        generator: torch.Generator | None = None,
+        cancel: threading.Event | None = None,
+        check_every: int = 8,
+    ) -> Iterator[list[int]]:
+        """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks.
+
+        The stop token is looked for on the host every `check_every` steps (one sync per block, not
+        per step); tokens after it are discarded. Stops early when `cancel` is set. The decoder is
+        single-tenant: concurrent calls wait for each other.
+        """
+        with self._lock:
+            yield from self._generate(prefix, max_tokens, params, generator, cancel, check_every)
+
+    def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
+                  generator: torch.Generator | None, cancel: threading.Event | None,
+                  check_every: int) -> Iterator[list[int]]:
+        prefix_len = prefix.shape[1]
+        max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
+        if max_tokens <= 0:
+            return
+        self.seen.zero_()
+        self.seen[self.hp.start_speech_token] = True  # upstream's generated_ids starts with BOS
+        vocab = self.hp.speech_tokens_dict_size
+        logits = self.prefill(prefix)
+        token = self._sample(logits, params, self._noise(vocab, generator))
+        stop = self.hp.stop_speech_token
+        block: list[Tensor] = [token]
+        for i in range(1, max_tokens + 1):
+            if len(block) == check_every or i == max_tokens:
+                ids = torch.cat(block).tolist()  # the one host sync per block
+                block.clear()
+                if stop in ids:
+                    ids = ids[: ids.index(stop)]
+                    if ids:
+                        yield ids
+                    return
+                yield ids
+                if i == max_tokens or (cancel is not None and cancel.is_set()):
+                    return
+            pos = prefix_len + i - 1  # cache slot of the token being fed
+            token = self._step(
+                token,
+                torch.tensor(pos, device=self.device),
+                torch.tensor(i, device=self.device),  # upstream: token i gets speech position i
+                self.kv_bucket(pos + 1),
+                params,
+                self._noise(vocab, generator),
+            )
+            block.append(token)
+
+    def _noise(self, vocab: int, generator: torch.Generator | None) -> Tensor:
+        return torch.empty(vocab, device=self.device).exponential_(1, generator=generator)
+
+    @torch.inference_mode()
+    def warm_up(self, prefix_len: int, max_tokens: int, params: SamplingParams) -> int:
+        """Run every step shape a request of this size uses (all KV buckets); returns how many."""
+        buckets = self.buckets_for(prefix_len, max_tokens)
+        token = torch.zeros(1, dtype=torch.long, device=self.device)
+        noise = self._noise(self.hp.speech_tokens_dict_size, None)
+        for kv_len in buckets:
+            pos = torch.tensor(kv_len - 1, device=self.device)
+            self._step(token, pos, torch.tensor(1, device=self.device), kv_len, params, noise)
+        return len(buckets)
+
+
+def quantize_int8(t3: nn.Module) -> None:
+    """Dynamic int8 quantisation of the backbone's linear layers (CPU): int8 weights, fp32 activations."""
+    from torch.ao.quantization import quantize_dynamic
+
+    quantize_dynamic(t3.tfmr, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def cast_for_decoding(t3: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the backbone and heads to `dtype`; conditioning stays fp32 (it runs once per voice)."""
+    t3.tfmr.to(dtype)
+    t3.speech_head.to(dtype)
+    t3.speech_emb.to(dtype)
+    t3.speech_pos_emb.to(dtype)
+    t3.text_emb.to(dtype)
+    t3.text_pos_emb.to(dtype)

@@ -1,0 +1,164 @@
+"""Streaming S3Gen: speech tokens in, PCM out, chunk by chunk with clean seams.
+
+Each chunk re-runs the flow (token -> mel) on a window of `context` already-vocoded tokens plus
+the new ones plus 3 lookahead tokens (the encoder's pre-lookahead; held back until the next chunk
+or the end), with the voice prompt in front. The flow's noise comes from one buffer drawn per
+request, so overlapping windows see the same noise for the same frames. HiFT (mel -> wav) runs on
+the new mel frames behind a few cached mel frames of the previous chunk, with the previous chunk's
+NSF source for those frames (`cache_source`), and each seam is cross-faded over `crossfade` samples
+that the previous chunk held back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SAMPLE_RATE = 24000
+MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
+SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
+LOOKAHEAD = 3  # tokens the flow encoder looks ahead (pre_lookahead_len)
+HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """The S3Gen side of a voice: prompt tokens (1, P), prompt mels (1, 2P, 80), x-vector (1, 192)."""
+
+    tokens: Tensor
+    mels: Tensor
+    xvector: Tensor
+
+    @classmethod
+    def from_ref_dict(cls, ref: dict[str, Tensor], max_tokens: int | None, device: torch.device) -> VoicePrompt:
+        tokens = torch.atleast_2d(ref["prompt_token"]).long()
+        mels = ref["prompt_feat"]
+        # Keep mel frames and tokens exactly 2:1 (the reference's mel may have one odd frame).
+        n = min(tokens.shape[1], mels.shape[1] // MEL_PER_TOKEN)
+        if max_tokens is not None:
+            n = min(n, max_tokens)
+        start = min(tokens.shape[1], mels.shape[1] // MEL_PER_TOKEN) - n
+        tokens = tokens[:, start : start + n]
+        mels = mels[:, start * MEL_PER_TOKEN : (start + n) * MEL_PER_TOKEN]
+        return cls(tokens.to(device), mels.to(device=device, dtype=torch.float32),
+                   torch.atleast_2d(ref["embedding"]).to(device=device, dtype=torch.float32))
+
+
+class StreamingVocoder:
+    """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
+
+    def __init__(self, s3gen: nn.Module, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
+                 context_tokens: int, crossfade_ms: float, generator: torch.Generator | None) -> None:
+        self.flow = s3gen.flow
+        self.hift = s3gen.mel2wav
+        self.trim_fade = s3gen.trim_fade.cpu().numpy()
+        self.prompt = prompt
+        self.context_tokens = context_tokens
+        self.crossfade = int(SAMPLE_RATE * crossfade_ms / 1000)
+        device = prompt.tokens.device
+        # Fixed noise for the whole request: prompt frames, then one column per output mel frame.
+        prompt_frames = prompt.mels.shape[1]
+        out_frames = (max_tokens + LOOKAHEAD) * MEL_PER_TOKEN
+        self.noise = torch.randn(1, 80, prompt_frames + out_frames, generator=generator,
+                                 device=generator.device if generator is not None else device).to(device)
+        self.t_span = 1 - torch.cos(torch.linspace(0, 1, flow_steps + 1, device=device) * 0.5 * math.pi)
+        with torch.inference_mode():
+            self.spks = self.flow.spk_embed_affine_layer(F.normalize(prompt.xvector, dim=1))  # (1, 80)
+        self.emitted_tokens = 0
+        self.mel_tail: Tensor | None = None  # (1, 80, <=HIFT_CONTEXT_MELS)
+        self.source_tail: Tensor | None = None  # (1, 1, mel_tail frames * 480)
+        self.held: np.ndarray = np.zeros(0, dtype=np.float32)  # tail withheld for the next crossfade
+        self.first = True
+        self.flow_s = 0.0  # time split, for benchmarks
+        self.hift_s = 0.0
+
+    def ready(self, n_tokens: int, chunk: int) -> bool:
+        """Whether `chunk` new tokens (plus lookahead) are available beyond what was emitted."""
+        return n_tokens - self.emitted_tokens >= chunk + LOOKAHEAD
+
+    @torch.inference_mode()
+    def process(self, tokens: list[int], *, chunk: int | None = None, final: bool = False) -> np.ndarray:
+        """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now."""
+        import time
+
+        end = len(tokens) if final else min(len(tokens) - LOOKAHEAD, self.emitted_tokens + (chunk or 0))
+        if end <= self.emitted_tokens:
+            return self._flush() if final else np.zeros(0, dtype=np.float32)
+        start = max(0, self.emitted_tokens - self.context_tokens)
+        window_end = len(tokens) if final else end + LOOKAHEAD
+        window = torch.tensor([tokens[start:window_end]], dtype=torch.long, device=self.noise.device)
+        t0 = time.perf_counter()
+        mel = self._token2mel(window, start, finalize=final)  # (1, 80, 2*(end-start))
+        new_mel = mel[:, :, (self.emitted_tokens - start) * MEL_PER_TOKEN :]
+        t1 = time.perf_counter()
+        pcm = self._mel2pcm(new_mel, final)
+        self.hift_s += time.perf_counter() - t1
+        self.flow_s += t1 - t0
+        self.emitted_tokens = end
+        return pcm
+
+    def _token2mel(self, window: Tensor, start: int, finalize: bool) -> Tensor:
+        flow = self.flow
+        prompt = self.prompt
+        tokens = torch.cat([prompt.tokens, window], dim=1)  # (1, P + W)
+        lengths = torch.tensor([tokens.shape[1]], device=tokens.device)
+        x = flow.input_embedding(tokens)  # (1, P + W, 512)
+        h, _ = flow.encoder(x, lengths)  # (1, 2(P + W), 512)
+        if not finalize:
+            h = h[:, : -LOOKAHEAD * MEL_PER_TOKEN]
+        h = flow.encoder_proj(h)  # (1, T, 80)
+        n_prompt = prompt.mels.shape[1]
+        n_total = h.shape[1]
+        cond = torch.zeros(1, n_total, 80, device=h.device, dtype=h.dtype)
+        cond[:, :n_prompt] = prompt.mels
+        first = n_prompt + start * MEL_PER_TOKEN
+        z = torch.cat([self.noise[:, :, :n_prompt], self.noise[:, :, first : first + n_total - n_prompt]], dim=2)
+        mask = torch.ones(1, 1, n_total, device=h.device, dtype=h.dtype)
+        mel = flow.decoder.solve_euler(z, t_span=self.t_span, mu=h.transpose(1, 2).contiguous(), mask=mask,
+                                       spks=self.spks, cond=cond.transpose(1, 2).contiguous())
+        return mel[:, :, n_prompt:]
+
+    def _mel2pcm(self, new_mel: Tensor, final: bool) -> np.ndarray:
+        ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]
+        mel_in = new_mel if self.mel_tail is None else torch.cat([self.mel_tail, new_mel], dim=2)
+        cache = self.source_tail if self.source_tail is not None else torch.zeros(1, 1, 0, device=mel_in.device)
+        wav, source = self.hift.inference(speech_feat=mel_in, cache_source=cache)  # (1, S), (1, 1, S)
+        self.mel_tail = mel_in[:, :, -HIFT_CONTEXT_MELS:]
+        self.source_tail = source[:, :, -self.mel_tail.shape[2] * SAMPLES_PER_MEL :]
+        audio = wav[0].float().cpu().numpy()
+        boundary = ctx * SAMPLES_PER_MEL  # first sample of the new frames
+        fade = min(len(self.held), boundary)
+        if fade:
+            # Equal-gain crossfade of the held tail with this chunk's rendering of the same samples.
+            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+            overlap = audio[boundary - fade : boundary]
+            self.held[-fade:] = self.held[-fade:] * (1 - ramp) + overlap * ramp
+        out = np.concatenate([self.held, audio[boundary:]])
+        if self.first:
+            n = min(len(out), len(self.trim_fade))
+            out[:n] *= self.trim_fade[:n]  # upstream's fade-in against spill-over from the prompt
+            self.first = False
+        if final:
+            self.held = np.zeros(0, dtype=np.float32)
+            return out
+        keep = min(self.crossfade, len(out))
+        self.held = out[len(out) - keep :].copy()
+        return out[: len(out) - keep]
+
+    def _flush(self) -> np.ndarray:
+        out, self.held = self.held, np.zeros(0, dtype=np.float32)
+        return out
+
+
+@torch.inference_mode()
+def vocode_all(s3gen: nn.Module, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int,
+               generator: torch.Generator | None) -> np.ndarray:
+    """One-shot vocoding of a whole token sequence with the same noise layout as streaming (a reference)."""
+    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow_steps=flow_steps,
+                               context_tokens=len(tokens), crossfade_ms=0, generator=generator)
+    return vocoder.process(tokens, final=True)
