@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tts.errors import CheckpointError
 
@@ -55,23 +57,48 @@ def _validate_dir(path: Path) -> Path:
 
 def _download(repo_id: str) -> Path:
     # huggingface_hub is imported here: it is only needed for hub ids.
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    local: Path | None = None
-    try:
+    def fetch_all(local_only: bool) -> Path:
+        local = None
         for name in CHECKPOINT_FILES:
-            local = Path(hf_hub_download(repo_id=repo_id, filename=name))
+            local = Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=local_only))
+        assert local is not None
+        return local.parent
+
+    try:
+        return _validate_dir(fetch_all(local_only=True))  # already in the Hugging Face cache
+    except (LocalEntryNotFoundError, OSError):
+        pass
+    help_text = (
+        f"On a machine that is online, download them with `hf download {repo_id} "
+        f"{' '.join(CHECKPOINT_FILES)} --local-dir /var/lib/chatterd/chatterbox`, copy that directory here, "
+        "and set `tts.checkpoint` in the config to its path. "
+        "For tests without the real weights: `chatterd make-checkpoint --random DIR`."
+    )
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE or not _reachable(host):
+        raise CheckpointError(
+            f"the Chatterbox weights '{repo_id}' are not in the local Hugging Face cache and {host} "
+            f"cannot be reached (offline). {help_text}"
+        )
+    try:
+        return _validate_dir(fetch_all(local_only=False))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise CheckpointError(
-            f"cannot fetch the Chatterbox weights '{repo_id}' from the Hugging Face hub ({type(exc).__name__}). "
-            f"On a machine that is online, download them with `huggingface-cli download {repo_id} "
-            f"{' '.join(CHECKPOINT_FILES)} --local-dir /var/lib/chatterd/chatterbox`, copy that directory here, "
-            "and set `tts.checkpoint` in the config to its path. "
-            "For tests without the real weights: `chatterd make-checkpoint --random DIR`."
+            f"cannot fetch the Chatterbox weights '{repo_id}' from {host} ({type(exc).__name__}: {exc}). "
+            f"{help_text}"
         ) from exc
-    assert local is not None
-    return _validate_dir(local.parent)
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds, not after the hub's retries."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def make_random_checkpoint(out_dir: Path, seed: int = 0) -> None:

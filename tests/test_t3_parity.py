@@ -1,0 +1,76 @@
+"""Our T3 decoder against upstream chatterbox's own forward, on the same (random) weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.model
+
+STEPS = 30
+
+
+def _upstream_greedy(t3, conds, text_ids, steps, penalty):
+    """Upstream's loop (chatterbox T3.inference) with sampling replaced by argmax."""
+    from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    t3_cond = T3Cond(**{k: v for k, v in conds["t3"].items() if k != "cond_prompt_speech_emb"})
+    text = text_ids.expand(2, -1)
+    bos = torch.full((1, 1), t3.hp.start_speech_token, dtype=torch.long)
+    embeds, _ = t3.prepare_input_embeds(t3_cond=t3_cond, text_tokens=text, speech_tokens=bos.expand(2, 1),
+                                        cfg_weight=0.5)
+    bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+    inputs = torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
+    backend = T3HuggingfaceBackend(config=t3.cfg, llama=t3.tfmr, speech_enc=t3.speech_emb,
+                                   speech_head=t3.speech_head)
+    out = backend(inputs_embeds=inputs, past_key_values=None, use_cache=True, output_hidden_states=True,
+                  return_dict=True)
+    first_logits = out.logits[:, -1].float()
+    past = out.past_key_values
+    processor = RepetitionPenaltyLogitsProcessor(penalty=penalty)
+    generated = bos.clone()
+    tokens = []
+    for i in range(steps):
+        logits = out.logits[:, -1, :]
+        cond, uncond = logits[0:1], logits[1:2]
+        mixed = cond + 0.5 * (cond - uncond)
+        mixed = processor(generated, mixed)
+        nxt = mixed.argmax(-1, keepdim=True)
+        tokens.append(int(nxt))
+        generated = torch.cat([generated, nxt], dim=1)
+        emb = t3.speech_emb(nxt) + t3.speech_pos_emb.get_fixed_embedding(i + 1)
+        out = backend(inputs_embeds=torch.cat([emb, emb]), past_key_values=past, output_hidden_states=True,
+                      return_dict=True)
+        past = out.past_key_values
+    return first_logits, tokens
+
+
+@torch.inference_mode()
+def test_fp32_decoder_matches_upstream(t3_fp32, checkpoint_dir):
+    from chatterbox.models.tokenizers import EnTokenizer
+
+    from tts.t3 import SamplingParams, T3Decoder
+    from tts.voices import build_voice, load_conds_file
+
+    t3 = t3_fp32
+    conds = load_conds_file(checkpoint_dir / "conds.pt")
+    tok = EnTokenizer(str(checkpoint_dir / "tokenizer.json"))
+    ids = tok.text_to_tokens("The front door is open.").long()
+    ids = torch.nn.functional.pad(torch.nn.functional.pad(ids, (1, 0), value=255), (0, 1), value=0)
+
+    ref_logits, ref_tokens = _upstream_greedy(t3, copy.deepcopy(conds), ids, STEPS, 1.2)
+
+    voice = build_voice("default", copy.deepcopy(conds), t3, exaggeration=0.5, prompt_tokens=None,
+                        device=torch.device("cpu"))
+    decoder = T3Decoder(t3, dtype=torch.float32, max_len=256)
+    prefix = decoder.prefix_embeds(voice.cond_emb, ids)
+    logits = decoder.prefill(prefix)
+    assert (logits - ref_logits).abs().max().item() < 1e-3
+
+    params = SamplingParams(repetition_penalty=1.2, cfg_weight=0.5, greedy=True)
+    ours = [t for block in decoder.generate(prefix, STEPS, params) for t in block]
+    assert ours == ref_tokens

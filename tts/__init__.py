@@ -1,0 +1,1 @@
+"""chatterd engine: text in, streaming PCM out (Chatterbox T3 + S3Gen). Knows no MQTT."""
