@@ -74,6 +74,11 @@ class StreamingVocoder:
         self.source_tail: Tensor | None = None  # (1, 1, mel_tail frames * 480)
         self.held: np.ndarray = np.zeros(0, dtype=np.float32)  # tail withheld for the next crossfade
         self.first = True
+        # HiFT's NSF source draws phases and noise from the global RNG; seed it per chunk from the
+        # request's generator so a seeded request is reproducible (and other threads' RNG untouched).
+        self.hift_seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device
+                                           if generator is not None else "cpu"))
+        self.chunks = 0
         self.flow_s = 0.0  # time split, for benchmarks
         self.hift_s = 0.0
 
@@ -127,7 +132,11 @@ class StreamingVocoder:
         ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]
         mel_in = new_mel if self.mel_tail is None else torch.cat([self.mel_tail, new_mel], dim=2)
         cache = self.source_tail if self.source_tail is not None else torch.zeros(1, 1, 0, device=mel_in.device)
-        wav, source = self.hift.inference(speech_feat=mel_in, cache_source=cache)  # (1, S), (1, 1, S)
+        devices = [mel_in.device] if mel_in.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=mel_in.device.type):
+            torch.manual_seed(self.hift_seed + self.chunks)
+            wav, source = self.hift.inference(speech_feat=mel_in, cache_source=cache)  # (1, S), (1, 1, S)
+        self.chunks += 1
         self.mel_tail = mel_in[:, :, -HIFT_CONTEXT_MELS:]
         self.source_tail = source[:, :, -self.mel_tail.shape[2] * SAMPLES_PER_MEL :]
         audio = wav[0].float().cpu().numpy()

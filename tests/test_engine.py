@@ -1,0 +1,88 @@
+"""StreamingTTS on the random-weight checkpoint: streaming, the length guard, cancel, voices."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tts.engine import SynthesisStats
+from tts.errors import UnknownVoice
+from tts.text import token_budget
+from tts.vocoder import MEL_PER_TOKEN, SAMPLES_PER_MEL
+
+pytestmark = pytest.mark.model
+SAMPLES_PER_TOKEN = MEL_PER_TOKEN * SAMPLES_PER_MEL  # 960 = 40 ms at 24 kHz
+
+
+def test_chunks_arrive_before_decoding_ends(engine):
+    produced: list[int] = []
+    real_generate = engine.decoder.generate
+
+    def counting_generate(*args, **kwargs):
+        for block in real_generate(*args, **kwargs):
+            produced.append(len(block))
+            yield block
+
+    engine.decoder.generate = counting_generate
+    try:
+        text = "The front door is open and the garage is closed."
+        budget = token_budget(text, engine.config.max_tokens_per_char, engine.config.max_speech_tokens)
+        stream = engine.stream(text)
+        first = next(stream)
+        decoded_at_first_chunk = sum(produced)
+        rest = list(stream)
+    finally:
+        engine.decoder.generate = real_generate
+    assert len(first) > 0
+    assert decoded_at_first_chunk < budget / 2, "first audio must not wait for the whole utterance"
+    assert sum(produced) == budget  # the random model never stops by itself: the guard ends it
+    assert len(rest) >= 2
+
+
+def test_length_guard_bounds_tokens_and_audio(engine):
+    text = "Hi there."
+    stats = SynthesisStats()
+    audio = np.concatenate(list(engine.stream(text, stats=stats)))
+    budget = token_budget(text, engine.config.max_tokens_per_char, engine.config.max_speech_tokens)
+    assert stats.tokens == budget and stats.stopped_by_guard
+    assert len(audio) == budget * SAMPLES_PER_TOKEN  # every decoded token is voiced, nothing more
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+
+
+def test_max_tokens_override_and_hard_cap(engine):
+    stats = SynthesisStats()
+    list(
+        engine.stream(
+            "A much longer sentence that would otherwise take many tokens.", max_tokens=9, stats=stats
+        )
+    )
+    assert stats.tokens == 9
+
+
+def test_cancel_between_chunks_ends_the_stream(engine):
+    cancel = threading.Event()
+    stats = SynthesisStats()
+    text = "This is a long announcement that should be cut short by a cancel."
+    chunks = []
+    for pcm in engine.stream(text, cancel=cancel, stats=stats):
+        chunks.append(pcm)
+        cancel.set()
+    assert len(chunks) == 1
+    budget = token_budget(text, engine.config.max_tokens_per_char, engine.config.max_speech_tokens)
+    assert stats.audio_samples < budget * SAMPLES_PER_TOKEN / 2
+
+
+def test_same_seed_same_audio(engine):
+    a = np.concatenate(list(engine.stream("Good morning.", seed=3)))
+    b = np.concatenate(list(engine.stream("Good morning.", seed=3)))
+    c = np.concatenate(list(engine.stream("Good morning.", seed=4)))
+    assert np.array_equal(a, b)
+    assert len(a) == len(c) and not np.array_equal(a, c)
+
+
+def test_unknown_voice_is_refused_before_any_work(engine):
+    with pytest.raises(UnknownVoice) as info:
+        next(engine.stream("Hello.", voice="nobody"))
+    assert "default" in str(info.value) and info.value.known == engine.voices
