@@ -24,7 +24,7 @@ import torch
 from tts.checkpoint import is_random_checkpoint, resolve_checkpoint
 from tts.config import TTSConfig
 from tts.errors import CheckpointError, SynthesisError, TTSError
-from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding, quantize_int8
+from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding
 from tts.text import normalize, token_budget
 from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder
 from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
@@ -120,6 +120,7 @@ class StreamingTTS:
         prefix_room = 34 + 2 + 2 + 512  # conditioning + BOS pair + start/stop text + up to 512 text tokens
         self.decoder = T3Decoder(t3, dtype=dtype, max_len=prefix_room + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
+        self.decoder.release_upstream_layers()
         self.params = SamplingParams(
             temperature=config.temperature, cfg_weight=config.cfg_weight,
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
@@ -145,7 +146,7 @@ class StreamingTTS:
             torch.set_num_threads(config.threads)
         if config.cache_dir:
             # Inductor's compiled kernels survive restarts here instead of under /tmp.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir) / "inductor"))
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir).resolve() / "inductor"))
         device = pick_device(config.device)
         dtype, int8 = pick_dtype(config.dtype, device)
         ckpt = resolve_checkpoint(config.checkpoint)
@@ -177,9 +178,7 @@ class StreamingTTS:
         del ve  # only needed to prepare voices
 
         # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
-        if int8:
-            quantize_int8(t3)
-        elif dtype != torch.float32:
+        if not int8 and dtype != torch.float32:
             cast_for_decoding(t3, dtype)
         engine = cls(config, t3=t3, s3gen=s3gen, tokenizer=tokenizer, voices=VoiceBank(voices),
                      device=device, dtype=dtype, int8=int8, checkpoint_dir=ckpt)

@@ -48,6 +48,35 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class _Block(nn.Module):
+    """One Llama layer with fused projections: QKV in one matmul, gate+up in another.
+
+    Fewer, larger matmuls cut per-op overhead (and, with int8 weights, the per-call activation
+    quantisation) without changing the arithmetic: outputs are the same rows of the same products.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv = _concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.o = _copy_linear(attn.o_proj)
+        self.gate_up = _concat_linears(mlp.gate_proj, mlp.up_proj)
+        self.down = _copy_linear(mlp.down_proj)
+        self.register_buffer("ln1", layer.input_layernorm.weight.detach().clone())
+        self.register_buffer("ln2", layer.post_attention_layernorm.weight.detach().clone())
+
+
+def _concat_linears(*parts: nn.Module) -> nn.Linear:
+    weight = torch.cat([p.weight.detach() for p in parts], dim=0)  # (sum out, in)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    fused.weight.data.copy_(weight)
+    return fused
+
+
+def _copy_linear(part: nn.Module) -> nn.Linear:
+    return _concat_linears(part)
+
+
 class T3Decoder:
     """Decodes speech tokens from upstream T3 weights with a static cache of `max_len` positions."""
 
@@ -64,8 +93,16 @@ class T3Decoder:
         self.head_dim = cfg.head_dim
         self.eps = cfg.rms_norm_eps
         self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
-        self.layers = list(t3.tfmr.layers)
+        with torch.no_grad():
+            self.blocks = nn.ModuleList(_Block(layer) for layer in t3.tfmr.layers)
+        if int8:
+            from torch.ao.quantization import quantize_dynamic
+
+            # int8 weights, activations quantised per call; attention, norms and sampling stay fp32.
+            quantize_dynamic(self.blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
         self.final_norm = t3.tfmr.norm.weight
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv_heads * self.head_dim
         self._lock = threading.Lock()
 
         # RoPE table for every cache position, from upstream's own rotary module (llama3 scaling).
@@ -90,6 +127,13 @@ class T3Decoder:
             self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
         self.int8 = int8
 
+    def release_upstream_layers(self) -> None:
+        """Drop upstream's unfused layer weights (the decoder has its own copies); frees half the memory.
+
+        Only for an engine that never runs upstream's forward again (conditioning does not use it).
+        """
+        self.t3.tfmr.layers = nn.ModuleList()
+
     # -- the transformer -------------------------------------------------------------------------
 
     def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool) -> Tensor:
@@ -101,12 +145,12 @@ class T3Decoder:
         if not prefill:
             # Bucketed decode: attend over kv_len slots, masking those past the current position.
             mask = (torch.arange(kv_len, device=x.device) <= start)[None, None, None]  # (1,1,1,kv_len)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = _rms_norm(x, layer.input_layernorm.weight, self.eps)
-            q = attn.q_proj(h).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (2, H, S, D)
-            k = attn.k_proj(h).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        for i, block in enumerate(self.blocks):
+            h = _rms_norm(x, block.ln1, self.eps)
+            q, k, v = block.qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (2, H, S, D)
+            k = k.view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             self.k_cache[i].index_copy_(2, idx, k)
@@ -118,10 +162,10 @@ class T3Decoder:
                 keys = self.k_cache[i, :, :, :kv_len]  # (2, H, kv_len, D)
                 values = self.v_cache[i, :, :, :kv_len]
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
-            h = _rms_norm(x, layer.post_attention_layernorm.weight, self.eps)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            x = x + block.o(o.transpose(1, 2).reshape(bsz, seq, -1))
+            h = _rms_norm(x, block.ln2, self.eps)
+            gate, up = block.gate_up(h).chunk(2, dim=-1)
+            x = x + block.down(F.silu(gate) * up)
         return _rms_norm(x, self.final_norm, self.eps)
 
     def _logits(self, hidden: Tensor) -> Tensor:
@@ -270,13 +314,6 @@ class T3Decoder:
             pos = torch.tensor(kv_len - 1, device=self.device)
             self._step(token, pos, torch.tensor(1, device=self.device), kv_len, params, noise)
         return len(buckets)
-
-
-def quantize_int8(t3: nn.Module) -> None:
-    """Dynamic int8 quantisation of the backbone's linear layers (CPU): int8 weights, fp32 activations."""
-    from torch.ao.quantization import quantize_dynamic
-
-    quantize_dynamic(t3.tfmr, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def cast_for_decoding(t3: nn.Module, dtype: torch.dtype) -> None:

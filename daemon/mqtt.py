@@ -1,0 +1,235 @@
+"""The MQTT side: one aiomqtt 2.x connection, kept up with a jittered-backoff reconnect loop.
+
+Per connection: subscribe `<base>/say`, `<base>/stop`, `<base>/volume/set`; publish retained
+`online` on `<base>/status` (the Last Will publishes retained `offline` if the daemon vanishes);
+then read messages and publish the outbox until the connection drops or `stop()` is called.
+
+Everything the daemon publishes (events, the retained `speaking` state) goes through a bounded
+outbox, so a broker outage never blocks the speech worker: what was published while offline is
+sent after the reconnect, oldest first; past `OUTBOX_LIMIT` the oldest entries are discarded.
+On `stop()` the outbox is flushed, retained `offline` is published, and the client disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiomqtt
+
+from daemon.config import MqttConfig
+from daemon.messages import Event
+
+_LOGGER = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 1000
+FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long `offline` may take to be acknowledged
+
+# (topic, payload, time.monotonic() at receipt); must not block (it runs on the event loop).
+MessageHandler = Callable[[str, bytes, float], None]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The daemon's topics under `<prefix>/<site>`."""
+
+    base: str
+
+    @property
+    def say(self) -> str:
+        return f"{self.base}/say"
+
+    @property
+    def stop(self) -> str:
+        return f"{self.base}/stop"
+
+    @property
+    def volume_set(self) -> str:
+        return f"{self.base}/volume/set"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def speaking(self) -> str:
+        return f"{self.base}/speaking"
+
+    @property
+    def event(self) -> str:
+        return f"{self.base}/event"
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    topic: str
+    payload: str
+    retain: bool
+
+
+class MqttLink:
+    """The daemon's connection to the broker; see the module docstring for the lifecycle."""
+
+    def __init__(self, config: MqttConfig, outbox_limit: int = OUTBOX_LIMIT) -> None:
+        self.config = config
+        self.topics = Topics(config.base_topic)
+        self.connected = False
+        self._outbox: deque[_Outgoing] = deque()
+        self._outbox_limit = outbox_limit
+        self._outbox_ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._overflow_logged = False
+        self._ready_fired = False
+        # A crashed predecessor may have left `speaking ON` retained: the first connection clears it.
+        self.publish_speaking(False)
+
+    # --- outgoing, called on the event loop, never blocks ----------------------------------------
+
+    def publish_event(self, event: Event) -> None:
+        """Queue an event for `<base>/event` (not retained)."""
+        self._enqueue(_Outgoing(self.topics.event, event.to_json(self.config.site), retain=False))
+
+    def publish_speaking(self, speaking: bool) -> None:
+        """Queue the retained `<base>/speaking` state.
+
+        While connected every change goes out, however short; while disconnected only the latest
+        state is kept, so a reconnect does not replay a stale ON/OFF history.
+        """
+        if not self.connected:
+            for outgoing in [o for o in self._outbox if o.topic == self.topics.speaking]:
+                self._outbox.remove(outgoing)
+        self._enqueue(_Outgoing(self.topics.speaking, "ON" if speaking else "OFF", retain=True))
+
+    def _enqueue(self, outgoing: _Outgoing) -> None:
+        if len(self._outbox) >= self._outbox_limit:
+            self._outbox.popleft()
+            if not self._overflow_logged:
+                _LOGGER.warning("MQTT outbox full (%d); discarding the oldest messages", self._outbox_limit)
+                self._overflow_logged = True
+        self._outbox.append(outgoing)
+        self._outbox_ready.set()
+
+    # --- the connection loop ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to flush the outbox, publish `offline` and disconnect."""
+        self._stopping.set()
+        self._outbox_ready.set()  # wakes the writer
+
+    async def run(self, on_message: MessageHandler, on_ready: Callable[[], None] | None = None) -> None:
+        """Stay connected until `stop()`; `on_ready` runs once, after the first subscription."""
+        delay = self.config.reconnect_min_s
+        while not self._stopping.is_set():
+            try:
+                async with self._client() as client:
+                    delay = self.config.reconnect_min_s
+                    await self._serve(client, on_message, on_ready)
+                return
+            except aiomqtt.MqttError as exc:
+                if self._stopping.is_set():
+                    if self.connected:
+                        _LOGGER.warning("could not publish the last messages and 'offline': %s", exc)
+                    return
+                # Jitter, so that a fleet of daemons does not reconnect in step after a broker restart.
+                wait = random.uniform(delay / 2, delay)
+                _LOGGER.warning(
+                    "MQTT broker %s:%d: %s; retrying in %.1f s", self.config.host, self.config.port, exc, wait
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, self.config.reconnect_max_s)
+            finally:
+                self.connected = False
+
+    def _client(self) -> aiomqtt.Client:
+        # A fresh client per attempt: no state survives a failed connect.
+        return aiomqtt.Client(
+            self.config.host,
+            self.config.port,
+            username=self.config.username,
+            password=self.config.password,
+            identifier=self.config.client_id or f"chatterd-{self.config.site}",
+            keepalive=self.config.keepalive,
+            will=aiomqtt.Will(self.topics.status, "offline", qos=self.config.qos, retain=True),
+            clean_session=True,
+        )
+
+    async def _serve(
+        self, client: aiomqtt.Client, on_message: MessageHandler, on_ready: Callable[[], None] | None
+    ) -> None:
+        qos = self.config.qos
+        await client.subscribe(
+            [(self.topics.say, qos), (self.topics.stop, qos), (self.topics.volume_set, qos)]
+        )
+        await client.publish(self.topics.status, "online", qos=qos, retain=True)
+        self.connected = True
+        self._overflow_logged = False
+        _LOGGER.info(
+            "MQTT connected to %s:%d, listening on %s/#", self.config.host, self.config.port, self.topics.base
+        )
+        if on_ready is not None and not self._ready_fired:
+            self._ready_fired = True
+            on_ready()
+        reader = asyncio.create_task(self._read(client, on_message), name="chatterd.mqtt.read")
+        # The writer is never cancelled mid-publish on a live connection (Python < 3.12's wait_for,
+        # inside aiomqtt's publish, can swallow a cancellation); after stop() it flushes and returns.
+        writer = asyncio.create_task(self._write(client), name="chatterd.mqtt.write")
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error  # an MqttError from read or write: reconnect
+        finally:
+            await _cancel_all((reader, writer))
+        # The writer returned: stop() was called and the outbox is empty.
+        await client.publish(self.topics.status, "offline", qos=qos, retain=True, timeout=FLUSH_TIMEOUT_S)
+
+    async def _read(self, client: aiomqtt.Client, on_message: MessageHandler) -> None:
+        async for message in client.messages:
+            received_at = time.monotonic()
+            payload = message.payload
+            if isinstance(payload, (bytes, bytearray)):
+                data = bytes(payload)
+            else:
+                data = b"" if payload is None else str(payload).encode()
+            try:
+                on_message(message.topic.value, data, received_at)
+            except Exception:  # a handler bug must not take the connection down
+                _LOGGER.exception("handling a message on %s failed", message.topic.value)
+        raise aiomqtt.MqttError("message stream ended")
+
+    async def _write(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox as it fills; once stop() was called, return as soon as it is empty."""
+        while True:
+            while self._outbox:
+                await self._send(client, self._outbox[0])
+            if self._stopping.is_set():
+                return
+            self._outbox_ready.clear()
+            await self._outbox_ready.wait()
+
+    async def _send(self, client: aiomqtt.Client, outgoing: _Outgoing) -> None:
+        await client.publish(outgoing.topic, outgoing.payload, qos=self.config.qos, retain=outgoing.retain)
+        # Removed only once acknowledged: an entry cut off by a disconnect goes out after the reconnect.
+        if self._outbox and self._outbox[0] is outgoing:
+            self._outbox.popleft()
+
+
+async def _cancel_all(tasks: tuple[asyncio.Task[None], ...]) -> None:
+    """Cancel and reap tasks without ever hanging on one that swallowed its cancellation."""
+    for task in tasks:
+        task.cancel()
+    done, pending = await asyncio.wait(tasks, timeout=1.0)
+    for task in pending:
+        task.cancel()  # asyncio.wait_for in Python < 3.12 can eat a cancel; one more is enough
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" noise

@@ -1,0 +1,150 @@
+"""Shared fixtures: a real Mosquitto broker, a headless ALSA capture device, a fake engine.
+
+Reuse them from any test module (pytest finds them here):
+
+* `mosquitto` -> `Broker`: a private `mosquitto` on a free loopback port, anonymous access, no
+  persistence, fresh per test (no retained messages leak between tests). `broker.host`,
+  `broker.port`; `broker.stop()` / `broker.start()` restart it on the same port (outage tests).
+* `alsa_capture` -> `AlsaCapture`: an ALSA config in a per-test `XDG_CONFIG_HOME` whose default
+  PCM converts anything to S16_LE 24000 Hz mono and writes it raw to `capture.raw_path` (the
+  `null` slave discards it afterwards; no sound card needed, and writes are not paced).
+  The fixture also sets XDG_CONFIG_HOME in this process (PortAudio reads the ALSA config when a
+  `PyAudio()` is created, so create the sink after the fixture). For a subprocess pass
+  `env=capture.env`. After the audio stream is closed, `capture.samples()` returns the int16
+  samples played (`read_raw_int16(path)` does the same for any raw file).
+* `fake_engine` -> `tests.fakes.FakeEngine` (unit tests only; the end-to-end tests use the real,
+  random-weight model: `checkpoint_dir`, `engine` and `t3_fp32` come from tests/model_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from fakes import FakeEngine
+from model_fixtures import checkpoint_dir, engine, t3_fp32  # noqa: F401  (session fixtures for model tests)
+
+CAPTURE_RATE = 24000
+
+ASOUNDRC = """\
+pcm.!default {{
+    type plug
+    slave {{
+        pcm "tts_capture"
+        format S16_LE
+        rate {rate}
+        channels 1
+    }}
+}}
+pcm.tts_capture {{
+    type file
+    slave.pcm "null"
+    file "{path}"
+    format "raw"
+}}
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_raw_int16(path: Path) -> npt.NDArray[np.int16]:
+    """Samples of a raw S16_LE mono capture file (empty if the file does not exist)."""
+    if not path.exists():
+        return np.zeros(0, dtype=np.int16)
+    return np.frombuffer(path.read_bytes(), dtype="<i2").astype(np.int16)
+
+
+class Broker:
+    """A mosquitto process on 127.0.0.1:port; see the module docstring."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = workdir / "mosquitto.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not accept connections on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A running, private mosquitto broker (see Broker)."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Broker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass(frozen=True)
+class AlsaCapture:
+    """A headless ALSA default device that records to `raw_path` (see the module docstring)."""
+
+    config_home: Path  # the XDG_CONFIG_HOME holding alsa/asoundrc
+    raw_path: Path
+    env: dict[str, str]  # os.environ plus XDG_CONFIG_HOME, for subprocesses
+    rate: int = CAPTURE_RATE
+
+    def samples(self) -> npt.NDArray[np.int16]:
+        return read_raw_int16(self.raw_path)
+
+
+@pytest.fixture
+def alsa_capture(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> AlsaCapture:
+    """ALSA's default PCM captured to a raw file; XDG_CONFIG_HOME is set in-process too."""
+    root = tmp_path_factory.mktemp("alsa")
+    config_home = root / "config"
+    (config_home / "alsa").mkdir(parents=True)
+    raw_path = root / "capture.raw"
+    (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC.format(rate=CAPTURE_RATE, path=raw_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    return AlsaCapture(config_home=config_home, raw_path=raw_path, env=env)
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()

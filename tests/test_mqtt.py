@@ -1,0 +1,327 @@
+"""The daemon's MQTT side against a real mosquitto, with the fake engine and a WAV output in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import wave
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from conftest import Broker
+from fakes import FakeEngine
+
+from daemon import app
+from daemon.config import Config, MqttConfig, config_from_dict
+from daemon.messages import Event
+from daemon.mqtt import MqttLink
+
+SITE = "test"
+BASE = f"chatterd/{SITE}"
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def event(self) -> dict[str, Any]:
+        return json.loads(self.payload)  # type: ignore[no-any-return]
+
+
+class Listener:
+    """A plain MQTT client subscribed to `<base>/#`, recording everything it receives."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.received: list[Received] = []
+        self._changed = asyncio.Event()
+
+    async def read(self) -> None:
+        async for message in self.client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            self.received.append(Received(message.topic.value, payload, message.retain))
+            self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[Received], bool]) -> Received:
+        async def scan() -> Received:
+            while True:
+                for item in self.received:
+                    if predicate(item):
+                        return item
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), TIMEOUT)
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition()` holds over what has been received."""
+        await self.wait_for(lambda _: condition())
+
+    async def event(self, name: str, request_id: str | None = None) -> dict[str, Any]:
+        item = await self.wait_for(
+            lambda r: (
+                r.topic == f"{BASE}/event"
+                and r.event()["event"] == name
+                and (request_id is None or r.event()["id"] == request_id)
+            )
+        )
+        return item.event()
+
+    async def end_of(self, request_id: str) -> dict[str, Any]:
+        item = await self.wait_for(
+            lambda r: (
+                r.topic == f"{BASE}/event"
+                and r.event()["id"] == request_id
+                and r.event()["event"] in ("finished", "stopped", "dropped", "error")
+            )
+        )
+        return item.event()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [r.event() for r in self.received if r.topic == f"{BASE}/event"]
+
+    def states(self, topic: str) -> list[str]:
+        return [r.payload.decode() for r in self.received if r.topic == f"{BASE}/{topic}"]
+
+    async def publish(self, topic: str, payload: bytes | str) -> None:
+        await self.client.publish(f"{BASE}/{topic}", payload, qos=1)
+
+
+@contextlib.asynccontextmanager
+async def listen(broker: Broker) -> AsyncIterator[Listener]:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(f"{BASE}/#", qos=1)
+        listener = Listener(client)
+        reader = asyncio.create_task(listener.read())
+        try:
+            yield listener
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+@pytest.fixture
+async def listener(mosquitto: Broker) -> AsyncIterator[Listener]:
+    async with listen(mosquitto) as item:
+        yield item
+
+
+def daemon_config(broker: Broker, wav: Path, **speech: Any) -> Config:
+    return config_from_dict(
+        {
+            "mqtt": {"host": broker.host, "port": broker.port, "site": SITE, "reconnect_min_s": 0.2},
+            "audio": {"output": f"wav:{wav}"},
+            "speech": {"max_text_chars": 200, **speech},
+        }
+    )
+
+
+@dataclass
+class Daemon:
+    task: asyncio.Task[None]
+    engine: FakeEngine
+    wav: Path
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@pytest.fixture
+async def daemon(
+    mosquitto: Broker, listener: Listener, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Daemon]:
+    caplog.set_level(logging.INFO)
+    engine = FakeEngine()
+    wav = tmp_path / "speech.wav"
+    task = asyncio.create_task(app.run(daemon_config(mosquitto, wav), engine))
+    running = Daemon(task, engine, wav)
+    await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+    yield running
+    await running.stop()
+
+
+async def test_ready_publishes_retained_online_and_speaking_off(
+    daemon: Daemon, mosquitto: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with listen(mosquitto) as late:  # a client that connects afterwards sees the retained state
+        status = await late.wait_for(lambda r: r.topic == f"{BASE}/status")
+        speaking = await late.wait_for(lambda r: r.topic == f"{BASE}/speaking")
+        assert (status.payload, status.retain) == (b"online", True)
+        assert (speaking.payload, speaking.retain) == (b"OFF", True)
+    assert any(record.getMessage().startswith("ready") for record in caplog.get_records("setup"))
+
+
+async def test_plain_text_is_spoken_with_events_and_speaking_state(
+    daemon: Daemon, listener: Listener
+) -> None:
+    await listener.publish("say", "Hello there, kitchen")
+    queued = await listener.event("queued")
+    request_id = queued["id"]
+    finished = await listener.end_of(request_id)
+    assert finished["event"] == "finished" and finished["site"] == SITE
+    assert finished["audio_s"] == pytest.approx(3 * daemon.engine.chunk_s, abs=1e-3)
+    started = await listener.event("started", request_id)
+    assert started["first_audio_ms"] >= 0 and isinstance(started["ts"], float)
+    assert [e["event"] for e in listener.events() if e["id"] == request_id] == [
+        "queued",
+        "started",
+        "finished",
+    ]
+    await listener.until(lambda: listener.states("speaking")[-2:] == ["ON", "OFF"])
+    assert daemon.engine.calls == ["Hello there, kitchen"]
+
+
+async def test_json_request_keeps_its_id_and_volume_set_applies(daemon: Daemon, listener: Listener) -> None:
+    await listener.publish("volume/set", "0.5")
+    await listener.publish("say", json.dumps({"text": "quiet please", "id": "q1", "volume": 0.5}))
+    assert (await listener.end_of("q1"))["event"] == "finished"
+    with wave.open(str(daemon.wav), "rb") as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert np.abs(samples).max() == pytest.approx(0.5 * 0.5 * 0.5 * 32767, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "code", "request_id"),
+    [
+        ("say", b"\xff\xfe", "invalid_utf8", None),
+        ("say", b'{"text": "unterminated', "invalid_json", None),
+        ("say", b"", "empty_text", None),
+        ("say", b'{"text": 42, "id": "bad-type"}', "wrong_type", "bad-type"),
+        ("say", b'{"text": "hi", "id": "loud", "volume": 7}', "bad_value", "loud"),
+        ("say", b'{"text": "hi", "id": "who", "voice": "nobody"}', "unknown_voice", "who"),
+        ("say", ("x" * 201).encode(), "text_too_long", None),
+        ("stop", b"not json", "invalid_json", None),
+        ("stop", b'{"id": "ghost"}', "unknown_id", "ghost"),
+        ("volume/set", b"2", "bad_value", None),
+    ],
+)
+async def test_bad_input_becomes_an_error_event_and_the_next_message_works(
+    daemon: Daemon, listener: Listener, topic: str, payload: bytes, code: str, request_id: str | None
+) -> None:
+    await listener.publish(topic, payload)
+    error = await listener.event("error")
+    assert error["code"] == code and error["id"] == request_id and error["message"]
+    await listener.publish("say", json.dumps({"text": "still here", "id": "next"}))
+    assert (await listener.end_of("next"))["event"] == "finished"
+
+
+async def test_stop_topic_stops_everything(mosquitto: Broker, listener: Listener, tmp_path: Path) -> None:
+    engine = FakeEngine(delay_s=0.05)
+    task = asyncio.create_task(app.run(daemon_config(mosquitto, tmp_path / "o.wav"), engine))
+    try:
+        await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+        await listener.publish("say", json.dumps({"text": "w " * 60, "id": "long"}))
+        await listener.publish("say", json.dumps({"text": "later", "id": "later"}))
+        await listener.event("started", "long")
+        await listener.publish("stop", b"")
+        assert (await listener.end_of("long"))["event"] == "stopped"
+        assert (await listener.end_of("later"))["event"] == "stopped"
+        await listener.until(lambda: listener.states("speaking")[-2:] == ["ON", "OFF"])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_shutdown_publishes_offline_and_stops_open_requests(
+    mosquitto: Broker, listener: Listener, tmp_path: Path
+) -> None:
+    engine = FakeEngine(delay_s=0.05)
+    task = asyncio.create_task(app.run(daemon_config(mosquitto, tmp_path / "o.wav"), engine))
+    await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+    await listener.publish("say", json.dumps({"text": "w " * 60, "id": "cut"}))
+    await listener.event("started", "cut")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    stopped = await listener.end_of("cut")
+    assert (stopped["event"], stopped["reason"]) == ("stopped", "shutdown")
+    await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"offline")
+    assert listener.states("speaking")[-1] == "OFF"
+    async with listen(mosquitto) as late:
+        status = await late.wait_for(lambda r: r.topic == f"{BASE}/status")
+        assert (status.payload, status.retain) == (b"offline", True)
+
+
+async def test_events_published_during_an_outage_arrive_after_the_reconnect(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    config = MqttConfig(host=mosquitto.host, port=mosquitto.port, site=SITE, reconnect_min_s=1.0)
+    link = MqttLink(config)
+    connected = asyncio.Event()
+    task = asyncio.create_task(link.run(lambda *_: None, connected.set))
+    try:
+        await asyncio.wait_for(connected.wait(), TIMEOUT)
+        mosquitto.stop()
+        for i in range(3):
+            link.publish_event(Event("queued", f"during-outage-{i}"))
+        await asyncio.sleep(0.2)
+        mosquitto.start()
+        # The link waits 0.5..1 s before retrying; the listener is subscribed well before that.
+        async with listen(mosquitto) as listener:
+            status = await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+            assert status is not None
+            for i in range(3):
+                event = await listener.event("queued", f"during-outage-{i}")
+                assert event["site"] == SITE
+    finally:
+        link.stop()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_outbox_is_bounded_and_keeps_the_newest() -> None:
+    link = MqttLink(MqttConfig(site=SITE), outbox_limit=3)
+    for i in range(5):
+        link.publish_event(Event("queued", f"r{i}"))
+    assert [json.loads(o.payload)["id"] for o in link._outbox] == ["r2", "r3", "r4"]
+
+
+def test_last_will_publishes_offline_when_the_daemon_dies(mosquitto: Broker) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from daemon.config import MqttConfig\n"
+        "from daemon.mqtt import MqttLink\n"
+        "async def main():\n"
+        f"    link = MqttLink(MqttConfig(host='{mosquitto.host}', port={mosquitto.port}, site='{SITE}'))\n"
+        "    await link.run(lambda *_: None, lambda: print('ready', flush=True))\n"
+        "asyncio.run(main())\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGKILL)
+        process.wait(TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    result = subprocess.run(
+        [
+            "mosquitto_sub",
+            "-h",
+            mosquitto.host,
+            "-p",
+            str(mosquitto.port),
+            "-t",
+            f"{BASE}/status",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.stdout.strip() == "offline"
