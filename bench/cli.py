@@ -17,7 +17,8 @@ def _machine() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "cpus": os.cpu_count()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+        info["cpu"] = next(line.split(":", 1)[1].strip()
+                           for line in Path("/proc/cpuinfo").read_text().splitlines()
                            if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
@@ -40,21 +41,24 @@ def main(argv: list[str]) -> int:
                         help="checkpoint directory (make one with `chatterd make-checkpoint --random DIR`)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON results go")
     sub = parser.add_subparsers(dest="what", required=True)
-    t3 = sub.add_parser("t3", help="T3 step: upstream loop vs ours (eager, compiled) vs the weight-read floor")
+    t3 = sub.add_parser("t3",
+                        help="T3 step: upstream loop vs ours (eager, compiled) vs the weight-read floor")
     t3.add_argument("--dtypes", default="float32,bfloat16,int8")
     t3.add_argument("--steps", type=int, default=16)
     t3.add_argument("--repeats", type=int, default=5)
-    t3.add_argument("--compile", action="store_true", help="also time the torch.compile'd step (slow to build)")
+    t3.add_argument("--compile", action="store_true",
+                    help="also time the torch.compile'd step (slow to build)")
     t3.add_argument("--no-upstream", action="store_true", help="skip upstream's loop (quick smoke runs)")
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
-        parser.error(f"no checkpoint at {args.checkpoint}; run `chatterd make-checkpoint --random {args.checkpoint}`")
+        parser.error(f"no checkpoint at {args.checkpoint}; "
+                     f"run `chatterd make-checkpoint --random {args.checkpoint}`")
     if args.what == "t3":
         from bench import t3 as t3_bench
 
-        results = t3_bench.run(args.checkpoint, args.dtypes.split(","), args.steps, args.repeats, args.compile,
-                               upstream=not args.no_upstream)
+        results = t3_bench.run(args.checkpoint, args.dtypes.split(","), args.steps, args.repeats,
+                               args.compile, upstream=not args.no_upstream)
         print(t3_bench.report(results))
         print(f"results: {_write(args.out, 't3', results)}")
     return 0

@@ -21,7 +21,8 @@ class Summary:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
     def fmt(self, unit: str = "ms", scale: float = 1000.0) -> str:
-        return f"{self.median * scale:.1f} {unit} [{self.low * scale:.1f}-{self.high * scale:.1f}, n={self.n}]"
+        return (f"{self.median * scale:.1f} {unit} "
+                f"[{self.low * scale:.1f}-{self.high * scale:.1f}, n={self.n}]")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,7 +43,8 @@ def _text_ids(checkpoint: Path) -> torch.Tensor:
     return F.pad(F.pad(ids, (1, 0), value=255), (0, 1), value=0)  # (1, T) with start/stop
 
 
-def _upstream_step(t3: Any, conds: dict[str, Any], ids: torch.Tensor, steps: int, dtype: torch.dtype) -> float:
+def _upstream_step(t3: Any, conds: dict[str, Any], ids: torch.Tensor, steps: int,
+                   dtype: torch.dtype) -> float:
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
     def run(n: int) -> float:
@@ -166,7 +167,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"T3 step, {results['steps']} steps x {results['repeats']} repeats, "
              f"{results['threads']} threads (median [min-max] ms per step)"]
     for name, e in results["dtypes"].items():
-        lines.append(f"  {name}: weights {e['weight_gb']:.2f} GB, floor read at {e['floor_gb_per_s']:.1f} GB/s")
+        lines.append(f"  {name}: weights {e['weight_gb']:.2f} GB, "
+                     f"floor read at {e['floor_gb_per_s']:.1f} GB/s")
         for k in ("upstream", "eager", "compiled", "floor"):
             if k in e:
                 s = Summary(**e[k])

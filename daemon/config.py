@@ -126,14 +126,15 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if raw is None:
         raw = {}
-    config = _build(Config, raw, "", path)
+    config: Config = _build(Config, raw, "", path)
     _resolve_relative_paths(config, path.parent)
     return config
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from an already-parsed mapping (tests, programmatic use)."""
-    return _build(Config, raw, "", Path(source))
+    config: Config = _build(Config, raw, "", Path(source))
+    return config
 
 
 def _build(cls: type[Any], raw: Any, where: str, path: Path) -> Any:
@@ -180,7 +181,9 @@ def _coerce(hint: Any, value: Any, dotted: str, path: Path) -> Any:
         return value
     if hint in (int, float, str) and isinstance(value, hint) and not isinstance(value, bool):
         return value
-    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, str(hint)
+    )
     raise ConfigError(f"{path}: '{dotted}' must be {expected}, got {_kind(value)} {value!r}")
 
 
@@ -203,4 +206,5 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
         updates["checkpoint"] = resolve(tts.checkpoint)
     object.__setattr__(config, "tts", dataclasses.replace(tts, **updates))
     if config.audio.output.startswith("wav:"):
-        object.__setattr__(config, "audio", dataclasses.replace(config.audio, output="wav:" + resolve(config.audio.output[4:])))
+        output = "wav:" + resolve(config.audio.output[4:])
+        object.__setattr__(config, "audio", dataclasses.replace(config.audio, output=output))

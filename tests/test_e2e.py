@@ -147,7 +147,8 @@ async def test_plain_text_and_json_are_spoken(daemon: Daemon) -> None:
     doc = "The front door is open."
     before = daemon.captured_s()
     events = await _exchange(daemon, [(f"{BASE}/say", plain.encode()),
-                                      (f"{BASE}/say", json.dumps({"text": doc, "id": "door-1"}).encode())], ends=2)
+                                      (f"{BASE}/say", json.dumps({"text": doc, "id": "door-1"}).encode())],
+                             ends=2)
     plain_id = next(e["id"] for e in events if e["event"] == "queued" and e["id"] != "door-1")
     for request_id, text in ((plain_id, plain), ("door-1", doc)):
         assert _by_id(events, request_id) == ["queued", "started", "finished"], events
@@ -176,13 +177,15 @@ async def test_stop_mid_speech_cuts_audio(daemon: Daemon) -> None:
         if event["event"] == "started" and event["id"] == "long-1":
             await client.publish(f"{BASE}/stop", b"", qos=1)
 
-    events = await _exchange(daemon, [(f"{BASE}/say", json.dumps({"text": long_text, "id": "long-1"}).encode())],
+    events = await _exchange(daemon,
+                             [(f"{BASE}/say", json.dumps({"text": long_text, "id": "long-1"}).encode())],
                              ends=1, during=stop_on_start)
     assert _by_id(events, "long-1") == ["queued", "started", "stopped"], events
     stopped = next(e for e in events if e["event"] == "stopped")
     assert stopped["audio_s"] < full_s / 2
     # The daemon is free again at once: the next request is spoken in full.
-    after = await _exchange(daemon, [(f"{BASE}/say", json.dumps({"text": "Okay.", "id": "after-stop"}).encode())],
+    after = await _exchange(daemon,
+                            [(f"{BASE}/say", json.dumps({"text": "Okay.", "id": "after-stop"}).encode())],
                             ends=1)
     assert _by_id(after, "after-stop") == ["queued", "started", "finished"]
 
@@ -229,12 +232,16 @@ def test_default_config_offline_fails_fast_with_download_advice(tmp_path: Path) 
     """The shipped config names the hub id; with no cached weights and no network, a clear error."""
     config_home = tmp_path / "xdg"
     (config_home / "alsa").mkdir(parents=True)
-    (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC.format(rate=CAPTURE_RATE, path=tmp_path / "out.raw"))
+    (config_home / "alsa" / "asoundrc").write_text(
+        ASOUNDRC.format(rate=CAPTURE_RATE, path=tmp_path / "out.raw")
+    )
     env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "HF_HOME": str(tmp_path / "hf"),
            "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "daemon", "run", "-c", str(REPO / "configs" / "default.yaml")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "-c", str(REPO / "configs" / "default.yaml")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
     assert result.returncode == 2
     assert "ResembleAI/chatterbox" in result.stderr and "offline" in result.stderr
     assert "make-checkpoint --random" in result.stderr

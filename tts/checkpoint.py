@@ -143,7 +143,8 @@ def make_random_checkpoint(out_dir: Path, seed: int = 0) -> None:
         ref_24k, _ = librosa.load(str(wav_path), sr=S3GEN_SR)
         ref_16k = librosa.resample(ref_24k, orig_sr=S3GEN_SR, target_sr=S3_SR)
         gen = s3gen.embed_ref(ref_24k[: 10 * S3GEN_SR], S3GEN_SR, device="cpu")
-        prompt_tokens, _ = s3gen.tokenizer.forward([ref_16k[: 6 * S3_SR]], max_len=t3.hp.speech_cond_prompt_len)
+        prompt_tokens, _ = s3gen.tokenizer.forward([ref_16k[: 6 * S3_SR]],
+                                                   max_len=t3.hp.speech_cond_prompt_len)
         ve_embed = torch.from_numpy(ve.embeds_from_wavs([ref_16k], sample_rate=S3_SR)).mean(0, keepdim=True)
         t3_cond = T3Cond(
             speaker_emb=ve_embed,
@@ -171,7 +172,8 @@ def write_reference_wav(path: Path) -> None:
     if espeak:
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "ref.wav"
-            subprocess.run([espeak, "-s", "150", "-w", str(raw), REFERENCE_TEXT], check=True, capture_output=True)
+            subprocess.run([espeak, "-s", "150", "-w", str(raw), REFERENCE_TEXT], check=True,
+                           capture_output=True)
             shutil.copyfile(raw, path)
         return
     _write_synthetic_reference(path)

@@ -17,8 +17,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from tts.checkpoint import is_random_checkpoint, resolve_checkpoint
@@ -27,7 +29,14 @@ from tts.errors import CheckpointError, SynthesisError, TTSError
 from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding
 from tts.text import normalize, token_budget
 from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder
-from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
+from tts.voices import (
+    DEFAULT_VOICE,
+    Voice,
+    VoiceBank,
+    build_voice,
+    conditionals_from_wav,
+    load_conds_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +114,10 @@ def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
 class StreamingTTS:
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, config: TTSConfig, *, t3: torch.nn.Module, s3gen: torch.nn.Module,
+    def __init__(self, config: TTSConfig, *, t3: Any, s3gen: Any,
                  tokenizer: object, voices: VoiceBank, device: torch.device, dtype: torch.dtype,
                  int8: bool, checkpoint_dir: Path) -> None:
+        # `t3`, `s3gen`: upstream's chatterbox T3 and S3Gen modules (untyped, so Any at this boundary).
         self.config = config
         self.t3 = t3
         self.s3gen = s3gen
@@ -146,7 +156,8 @@ class StreamingTTS:
             torch.set_num_threads(config.threads)
         if config.cache_dir:
             # Inductor's compiled kernels survive restarts here instead of under /tmp.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir).resolve() / "inductor"))
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                                  str(Path(config.cache_dir).resolve() / "inductor"))
         device = pick_device(config.device)
         dtype, int8 = pick_dtype(config.dtype, device)
         ckpt = resolve_checkpoint(config.checkpoint)
@@ -171,7 +182,8 @@ class StreamingTTS:
                                              prompt_tokens=config.prompt_tokens, device=device)}
         cache_dir = Path(config.cache_dir) if config.cache_dir else None
         for name, wav in config.voices.items():
-            conds = conditionals_from_wav(Path(wav), ve=ve, s3gen=s3gen, t3_prompt_len=t3.hp.speech_cond_prompt_len,
+            conds = conditionals_from_wav(Path(wav), ve=ve, s3gen=s3gen,
+                                          t3_prompt_len=t3.hp.speech_cond_prompt_len,
                                           cache_dir=cache_dir, model_id=str(ckpt))
             voices[name] = build_voice(name, conds, t3, exaggeration=config.exaggeration,
                                        prompt_tokens=config.prompt_tokens, device=device)
@@ -201,7 +213,8 @@ class StreamingTTS:
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
-        for _ in self.stream(words, max_tokens=cfg.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD, stats=stats):
+        for _ in self.stream(words, max_tokens=cfg.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD,
+                             stats=stats):
             pass
         self.warm = True
         elapsed = time.perf_counter() - t0
@@ -210,7 +223,7 @@ class StreamingTTS:
 
     def stream(self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
                max_tokens: int | None = None, stats: SynthesisStats | None = None,
-               seed: int | None = None) -> Iterator[np.ndarray]:
+               seed: int | None = None) -> Iterator[npt.NDArray[np.float32]]:
         """Yield float32 PCM chunks for `text` as they are synthesised.
 
         Raises UnknownVoice before any work for an unknown voice, SynthesisError when synthesis
@@ -237,7 +250,7 @@ class StreamingTTS:
                 raise SynthesisError(f"synthesis failed: {exc}") from exc
 
     def _stream(self, text: str, voice: Voice, budget: int, cancel: threading.Event | None,
-                stats: SynthesisStats, seed: int | None) -> Iterator[np.ndarray]:
+                stats: SynthesisStats, seed: int | None) -> Iterator[npt.NDArray[np.float32]]:
         cfg = self.config
         start = time.perf_counter()
         seed = seed if seed is not None else cfg.seed
@@ -246,12 +259,14 @@ class StreamingTTS:
         with torch.inference_mode():
             text_ids = self.tokenizer.text_to_tokens(text).to(self.device)  # type: ignore[attr-defined]
             sot, eot = self.t3.hp.start_text_token, self.t3.hp.stop_text_token
-            text_ids = torch.nn.functional.pad(torch.nn.functional.pad(text_ids, (1, 0), value=sot), (0, 1), value=eot)
+            text_ids = torch.nn.functional.pad(torch.nn.functional.pad(text_ids, (1, 0), value=sot), (0, 1),
+                                               value=eot)
             prefix = self.decoder.prefix_embeds(voice.cond_emb, text_ids.long())
         vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow_steps=cfg.flow_steps,
                                    context_tokens=cfg.context_tokens, crossfade_ms=cfg.crossfade_ms,
                                    generator=generator)
-        schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens)
+        schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+                                 cfg.max_chunk_tokens)
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
@@ -280,7 +295,8 @@ class StreamingTTS:
             yield self._emit(pcm, stats, start, vocoder)
 
     @staticmethod
-    def _emit(pcm: np.ndarray, stats: SynthesisStats, start: float, vocoder: StreamingVocoder) -> np.ndarray:
+    def _emit(pcm: npt.NDArray[np.float32], stats: SynthesisStats, start: float,
+              vocoder: StreamingVocoder) -> npt.NDArray[np.float32]:
         now = time.perf_counter() - start
         if stats.first_chunk_s is None:
             stats.first_chunk_s = now
@@ -294,11 +310,11 @@ def _load_state(module: torch.nn.Module, path: Path, *, strict: bool) -> None:
     from safetensors.torch import load_file
 
     try:
-        state = load_file(str(path))
+        state: dict[str, Any] = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
     if "model" in state:  # some T3 exports nest the state dict
-        state = state["model"][0]  # type: ignore[index]
+        state = state["model"][0]
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch

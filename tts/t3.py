@@ -16,13 +16,16 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-# KV lengths are rounded up to a multiple of this, so at most max_len / KV_BUCKET step graphs exist.
+# KV lengths are rounded up to KV_BUCKET x a power of two (capped at the cache size): attention never
+# reads more than twice the filled cache, and a 1.6k-slot cache needs only 5 step graphs.
 KV_BUCKET = 128
 
 
@@ -55,7 +58,8 @@ class _Block(nn.Module):
     quantisation) without changing the arithmetic: outputs are the same rows of the same products.
     """
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:
+        # `layer`: one of upstream's (Hugging Face) LlamaDecoderLayer modules, untyped here.
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = _concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
@@ -66,32 +70,33 @@ class _Block(nn.Module):
         self.register_buffer("ln2", layer.post_attention_layernorm.weight.detach().clone())
 
 
-def _concat_linears(*parts: nn.Module) -> nn.Linear:
+def _concat_linears(*parts: nn.Linear) -> nn.Linear:
     weight = torch.cat([p.weight.detach() for p in parts], dim=0)  # (sum out, in)
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
     fused.weight.data.copy_(weight)
     return fused
 
 
-def _copy_linear(part: nn.Module) -> nn.Linear:
+def _copy_linear(part: nn.Linear) -> nn.Linear:
     return _concat_linears(part)
 
 
 class T3Decoder:
     """Decodes speech tokens from upstream T3 weights with a static cache of `max_len` positions."""
 
-    def __init__(self, t3: nn.Module, *, dtype: torch.dtype, max_len: int, int8: bool = False,
+    def __init__(self, t3: Any, *, dtype: torch.dtype, max_len: int, int8: bool = False,
                  compile: bool = False) -> None:
+        # `t3`: upstream's chatterbox T3 module (untyped, so Any at this boundary).
         self.t3 = t3
         self.hp = t3.hp
-        self.device = t3.speech_head.weight.device
+        self.device: torch.device = t3.speech_head.weight.device
         self.dtype = dtype
         cfg = t3.cfg
-        self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.eps = cfg.rms_norm_eps
+        self.n_layers: int = cfg.num_hidden_layers
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = cfg.num_key_value_heads
+        self.head_dim: int = cfg.head_dim
+        self.eps: float = cfg.rms_norm_eps
         self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
         with torch.no_grad():
             self.blocks = nn.ModuleList(_Block(layer) for layer in t3.tfmr.layers)
@@ -100,7 +105,7 @@ class T3Decoder:
 
             # int8 weights, activations quantised per call; attention, norms and sampling stay fp32.
             quantize_dynamic(self.blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        self.final_norm = t3.tfmr.norm.weight
+        self.final_norm: Tensor = t3.tfmr.norm.weight
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
         self._lock = threading.Lock()
@@ -169,7 +174,8 @@ class T3Decoder:
         return _rms_norm(x, self.final_norm, self.eps)
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        return self.t3.speech_head(hidden).float()  # (2, V)
+        logits: Tensor = self.t3.speech_head(hidden).float()  # (2, V)
+        return logits
 
     # -- sampling, all on device ------------------------------------------------------------------
 
@@ -232,17 +238,26 @@ class T3Decoder:
     def prefill(self, prefix: Tensor) -> Tensor:
         """Fill the cache with the prefix (2, P, dim); returns the logits (2, V) for the first token."""
         if prefix.shape[1] >= self.max_len:
-            raise ValueError(f"prefix of {prefix.shape[1]} positions does not fit the {self.max_len}-slot cache")
+            raise ValueError(
+                f"prefix of {prefix.shape[1]} positions does not fit the {self.max_len}-slot cache"
+            )
         start = torch.zeros((), dtype=torch.long, device=self.device)
         hidden = self._forward(prefix, start, prefix.shape[1], prefill=True)
         return self._logits(hidden[:, -1])
 
     def kv_bucket(self, positions: int) -> int:
-        return min(self.max_len, int(math.ceil(positions / KV_BUCKET) * KV_BUCKET))
+        bucket = KV_BUCKET
+        while bucket < positions:
+            bucket *= 2
+        return min(self.max_len, bucket)
 
     def buckets_for(self, prefix_len: int, max_tokens: int) -> list[int]:
-        last = prefix_len + max_tokens
-        return sorted({self.kv_bucket(p) for p in range(prefix_len + 1, last + 1, KV_BUCKET)} | {self.kv_bucket(last)})
+        """Every KV bucket a request with this prefix and token budget passes through."""
+        first, last = self.kv_bucket(prefix_len + 1), self.kv_bucket(prefix_len + max_tokens)
+        buckets = [first]
+        while buckets[-1] < last:
+            buckets.append(self.kv_bucket(buckets[-1] + 1))
+        return buckets
 
     @torch.inference_mode()
     def generate(
@@ -316,8 +331,9 @@ class T3Decoder:
         return len(buckets)
 
 
-def cast_for_decoding(t3: nn.Module, dtype: torch.dtype) -> None:
+def cast_for_decoding(t3: Any, dtype: torch.dtype) -> None:
     """Cast the backbone and heads to `dtype`; conditioning stays fp32 (it runs once per voice)."""
+    # `t3`: upstream's chatterbox T3 module (untyped).
     t3.tfmr.to(dtype)
     t3.speech_head.to(dtype)
     t3.speech_emb.to(dtype)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 SAMPLE_RATE = 24000
 MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
@@ -35,7 +37,8 @@ class VoicePrompt:
     xvector: Tensor
 
     @classmethod
-    def from_ref_dict(cls, ref: dict[str, Tensor], max_tokens: int | None, device: torch.device) -> VoicePrompt:
+    def from_ref_dict(cls, ref: dict[str, Tensor], max_tokens: int | None,
+                      device: torch.device) -> VoicePrompt:
         tokens = torch.atleast_2d(ref["prompt_token"]).long()
         mels = ref["prompt_feat"]
         # Keep mel frames and tokens exactly 2:1 (the reference's mel may have one odd frame).
@@ -52,11 +55,12 @@ class VoicePrompt:
 class StreamingVocoder:
     """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
 
-    def __init__(self, s3gen: nn.Module, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
+    def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
                  context_tokens: int, crossfade_ms: float, generator: torch.Generator | None) -> None:
+        # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
-        self.trim_fade = s3gen.trim_fade.cpu().numpy()
+        self.trim_fade: npt.NDArray[np.float32] = s3gen.trim_fade.cpu().numpy()
         self.prompt = prompt
         self.context_tokens = context_tokens
         self.crossfade = int(SAMPLE_RATE * crossfade_ms / 1000)
@@ -72,7 +76,8 @@ class StreamingVocoder:
         self.emitted_tokens = 0
         self.mel_tail: Tensor | None = None  # (1, 80, <=HIFT_CONTEXT_MELS)
         self.source_tail: Tensor | None = None  # (1, 1, mel_tail frames * 480)
-        self.held: np.ndarray = np.zeros(0, dtype=np.float32)  # tail withheld for the next crossfade
+        # tail withheld for the next crossfade
+        self.held: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self.first = True
         # HiFT's NSF source draws phases and noise from the global RNG; seed it per chunk from the
         # request's generator so a seeded request is reproducible (and other threads' RNG untouched).
@@ -87,7 +92,8 @@ class StreamingVocoder:
         return n_tokens - self.emitted_tokens >= chunk + LOOKAHEAD
 
     @torch.inference_mode()
-    def process(self, tokens: list[int], *, chunk: int | None = None, final: bool = False) -> np.ndarray:
+    def process(self, tokens: list[int], *, chunk: int | None = None,
+                final: bool = False) -> npt.NDArray[np.float32]:
         """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now."""
         import time
 
@@ -122,16 +128,19 @@ class StreamingVocoder:
         cond = torch.zeros(1, n_total, 80, device=h.device, dtype=h.dtype)
         cond[:, :n_prompt] = prompt.mels
         first = n_prompt + start * MEL_PER_TOKEN
-        z = torch.cat([self.noise[:, :, :n_prompt], self.noise[:, :, first : first + n_total - n_prompt]], dim=2)
+        z = torch.cat([self.noise[:, :, :n_prompt], self.noise[:, :, first : first + n_total - n_prompt]],
+                      dim=2)
         mask = torch.ones(1, 1, n_total, device=h.device, dtype=h.dtype)
-        mel = flow.decoder.solve_euler(z, t_span=self.t_span, mu=h.transpose(1, 2).contiguous(), mask=mask,
-                                       spks=self.spks, cond=cond.transpose(1, 2).contiguous())
+        mel: Tensor = flow.decoder.solve_euler(z, t_span=self.t_span, mu=h.transpose(1, 2).contiguous(),
+                                               mask=mask, spks=self.spks,
+                                               cond=cond.transpose(1, 2).contiguous())
         return mel[:, :, n_prompt:]
 
-    def _mel2pcm(self, new_mel: Tensor, final: bool) -> np.ndarray:
+    def _mel2pcm(self, new_mel: Tensor, final: bool) -> npt.NDArray[np.float32]:
         ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]
         mel_in = new_mel if self.mel_tail is None else torch.cat([self.mel_tail, new_mel], dim=2)
-        cache = self.source_tail if self.source_tail is not None else torch.zeros(1, 1, 0, device=mel_in.device)
+        cache = (self.source_tail if self.source_tail is not None
+                 else torch.zeros(1, 1, 0, device=mel_in.device))
         devices = [mel_in.device] if mel_in.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=mel_in.device.type):
             torch.manual_seed(self.hift_seed + self.chunks)
@@ -139,7 +148,7 @@ class StreamingVocoder:
         self.chunks += 1
         self.mel_tail = mel_in[:, :, -HIFT_CONTEXT_MELS:]
         self.source_tail = source[:, :, -self.mel_tail.shape[2] * SAMPLES_PER_MEL :]
-        audio = wav[0].float().cpu().numpy()
+        audio: npt.NDArray[np.float32] = wav[0].float().cpu().numpy()
         boundary = ctx * SAMPLES_PER_MEL  # first sample of the new frames
         fade = min(len(self.held), boundary)
         if fade:
@@ -147,7 +156,7 @@ class StreamingVocoder:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
             overlap = audio[boundary - fade : boundary]
             self.held[-fade:] = self.held[-fade:] * (1 - ramp) + overlap * ramp
-        out = np.concatenate([self.held, audio[boundary:]])
+        out: npt.NDArray[np.float32] = np.concatenate([self.held, audio[boundary:]])
         if self.first:
             n = min(len(out), len(self.trim_fade))
             out[:n] *= self.trim_fade[:n]  # upstream's fade-in against spill-over from the prompt
@@ -159,14 +168,14 @@ class StreamingVocoder:
         self.held = out[len(out) - keep :].copy()
         return out[: len(out) - keep]
 
-    def _flush(self) -> np.ndarray:
+    def _flush(self) -> npt.NDArray[np.float32]:
         out, self.held = self.held, np.zeros(0, dtype=np.float32)
         return out
 
 
 @torch.inference_mode()
-def vocode_all(s3gen: nn.Module, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int,
-               generator: torch.Generator | None) -> np.ndarray:
+def vocode_all(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int,
+               generator: torch.Generator | None) -> npt.NDArray[np.float32]:
     """One-shot vocoding of a whole token sequence with the same noise layout as streaming (a reference)."""
     vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow_steps=flow_steps,
                                context_tokens=len(tokens), crossfade_ms=0, generator=generator)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tts.errors import TTSError, UnknownVoice
 from tts.vocoder import VoicePrompt
@@ -51,9 +51,10 @@ class VoiceBank:
         return voice
 
 
-def build_voice(name: str, conds: dict[str, Any], t3: nn.Module, *, exaggeration: float,
+def build_voice(name: str, conds: dict[str, Any], t3: Any, *, exaggeration: float,
                 prompt_tokens: int | None, device: torch.device) -> Voice:
     """Turn stored conditionals ({"t3": T3Cond fields, "gen": S3Gen ref dict}) into a ready Voice."""
+    # `t3`: upstream's chatterbox T3 module (untyped, so Any at this boundary).
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
     fields = dict(conds["t3"])
@@ -71,9 +72,10 @@ def load_conds_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def conditionals_from_wav(wav_path: Path, *, ve: nn.Module, s3gen: nn.Module, t3_prompt_len: int,
+def conditionals_from_wav(wav_path: Path, *, ve: Any, s3gen: Any, t3_prompt_len: int,
                           cache_dir: Path | None, model_id: str) -> dict[str, Any]:
     """Compute (or read from the disk cache) the conditionals of a reference wav."""
+    # `ve`, `s3gen`: upstream's chatterbox VoiceEncoder and S3Gen modules (untyped).
     try:
         content = wav_path.read_bytes()
     except OSError as exc:
