@@ -88,6 +88,33 @@ def _floor(decoder: Any, dtype: torch.dtype, int8: bool) -> float:
         return time.perf_counter() - t0
 
 
+def _numeric_cost(decoder: Any, prefix: torch.Tensor, reference: dict[str, Any]) -> dict[str, float]:
+    """This dtype's logits against fp32's on the same weights, teacher-forced on fp32's greedy tokens."""
+    tokens = reference["tokens"]
+    logits = decoder.score(prefix.to(decoder.dtype), tokens, cfg_weight=0.5).float()  # (N, V)
+    ref = reference["logits"]
+    return {
+        "max_abs_logit_error": float((logits - ref).abs().max()),
+        "logit_scale": float(ref.abs().max()),
+        "greedy_agreement": float((logits.argmax(-1) == ref.argmax(-1)).float().mean()),
+        "steps": len(tokens),
+    }
+
+
+def _fp32_reference(checkpoint: Path, conds: dict[str, Any], ids: torch.Tensor, steps: int) -> dict[str, Any]:
+    from tts.t3 import SamplingParams, T3Decoder
+    from tts.voices import build_voice
+
+    t3 = _load_t3(checkpoint)
+    voice = build_voice("default", copy.deepcopy(conds), t3, exaggeration=0.5, prompt_tokens=None,
+                        device=torch.device("cpu"))
+    decoder = T3Decoder(t3, dtype=torch.float32, max_len=256)
+    prefix = decoder.prefix_embeds(voice.cond_emb, ids)
+    greedy = SamplingParams(greedy=True, repetition_penalty=1.0)
+    tokens = [t for block in decoder.generate(prefix, steps, greedy) for t in block]
+    return {"tokens": tokens, "logits": decoder.score(prefix, tokens, cfg_weight=0.5).float()}
+
+
 def weight_bytes(decoder: Any) -> int:
     total = 0
     for m in _step_linears(decoder):
@@ -105,6 +132,7 @@ def run(checkpoint: Path, dtypes: list[str], steps: int, repeats: int, compile: 
 
     conds = load_conds_file(checkpoint / "conds.pt")
     ids = _text_ids(checkpoint)
+    reference = _fp32_reference(checkpoint, conds, ids, max(steps, 32))
     results: dict[str, Any] = {"steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
                                "cpu_count": os.cpu_count(), "text": TEXT, "dtypes": {}}
     for name in dtypes:
@@ -149,6 +177,7 @@ def run(checkpoint: Path, dtypes: list[str], steps: int, repeats: int, compile: 
                     entry["ratios"][f"upstream/{k}"] = summary["upstream"].median / summary[k].median
         if upstream_error:
             entry["upstream_error"] = upstream_error
+        entry["vs_fp32"] = _numeric_cost(eager, prefix, reference)
         if compile_s is not None:
             entry["compile_s"] = compile_s
         results["dtypes"][name] = entry
@@ -176,6 +205,10 @@ def report(results: dict[str, Any]) -> str:
         if "upstream_error" in e:
             lines.append(f"    upstream  n/a: {e['upstream_error']}")
         lines.append("    ratios   " + ", ".join(f"{k} {v:.2f}x" for k, v in e["ratios"].items()))
+        n = e["vs_fp32"]
+        lines.append(f"    vs fp32  max |logit error| {n['max_abs_logit_error']:.4f} (logits up to "
+                     f"{n['logit_scale']:.1f}), greedy agreement {n['greedy_agreement']:.1%} over {n['steps']} "
+                     "teacher-forced steps")
         if "compile_s" in e:
             lines.append(f"    compile + warm-up {e['compile_s']:.0f} s")
     return "\n".join(lines)

@@ -37,6 +37,9 @@ class TTSConfig:
     # and never more than max_speech_tokens. Ends runaway generation when no stop token comes.
     max_tokens_per_char: float = 3.0
     max_speech_tokens: int = 1000
+    # Longest text one utterance may have, in text tokens (about one per character); sizes the KV
+    # cache together with max_speech_tokens. Longer text is split into sentences before it gets here.
+    max_text_tokens: int = 400
     # Streaming schedule, in speech tokens: a small first chunk for fast first audio, then chunks
     # growing by `chunk_growth` up to `max_chunk_tokens`.
     first_chunk_tokens: int = 10
@@ -47,6 +50,8 @@ class TTSConfig:
     context_tokens: int = 50
     # Flow-matching (CFM) Euler steps in the vocoder; upstream uses 10.
     flow_steps: int = 10
+    # Classifier-free guidance rate inside the flow matching (upstream: 0.7); 0 halves its cost.
+    flow_cfg_rate: float = 0.7
     # Cap on the voice-prompt tokens prepended to every vocoder call (null = the full prompt, ~10 s).
     prompt_tokens: int | None = None
     # Crossfade at chunk seams, milliseconds.
@@ -70,12 +75,17 @@ class TTSConfig:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.max_tokens_per_char > 0, "max_tokens_per_char must be > 0"),
             (self.max_speech_tokens >= 1, "max_speech_tokens must be >= 1"),
+            (self.max_text_tokens >= 8, "max_text_tokens must be >= 8"),
+            (not (self.compile and self.dtype == "int8"),
+             "compile cannot be used with dtype int8: its fbgemm int8 kernels cannot be traced by "
+             "torch.compile (and are already fused); use compile: false, or a float dtype"),
             (self.first_chunk_tokens >= 1, "first_chunk_tokens must be >= 1"),
             (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
             (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
             (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
             (self.context_tokens >= 0, "context_tokens must be >= 0"),
             (1 <= self.flow_steps <= 50, "flow_steps must be in 1..50"),
+            (0 <= self.flow_cfg_rate <= 2, "flow_cfg_rate must be in 0..2"),
             (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),
             (0 <= self.crossfade_ms <= 200, "crossfade_ms must be in 0..200"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),

@@ -41,6 +41,8 @@ from tts.voices import (
 log = logging.getLogger(__name__)
 
 S3GEN_VOCAB = 6561
+# T3's conditioning prefix: speaker embedding (1) + perceiver-resampled prompt (32) + emotion (1).
+COND_POSITIONS = 34
 # S3Gen buffers that upstream's checkpoints do not store (recomputed at construction).
 _S3GEN_OPTIONAL_KEYS = ("tokenizer._mel_filters", "tokenizer.window", "trim_fade")
 
@@ -127,8 +129,8 @@ class StreamingTTS:
         self.dtype = dtype
         self.checkpoint_dir = checkpoint_dir
         self.random_weights = is_random_checkpoint(checkpoint_dir)
-        prefix_room = 34 + 2 + 2 + 512  # conditioning + BOS pair + start/stop text + up to 512 text tokens
-        self.decoder = T3Decoder(t3, dtype=dtype, max_len=prefix_room + config.max_speech_tokens,
+        self.max_prefix = COND_POSITIONS + 2 + 2 + config.max_text_tokens  # + BOS pair + start/stop text
+        self.decoder = T3Decoder(t3, dtype=dtype, max_len=self.max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
         self.params = SamplingParams(
@@ -207,8 +209,9 @@ class StreamingTTS:
         t0 = time.perf_counter()
         cfg = self.config
         if cfg.compile:
-            prefix_len = 34 + 2 + 2 + 2
-            n = self.decoder.warm_up(prefix_len, self.decoder.max_len - prefix_len - 1, self.params)
+            # Every KV bucket from the shortest possible prefix to a full cache.
+            shortest = COND_POSITIONS + 2 + 2 + 1
+            n = self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params)
             log.info("warm-up: %d T3 step graphs compiled", n)
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
@@ -261,10 +264,15 @@ class StreamingTTS:
             sot, eot = self.t3.hp.start_text_token, self.t3.hp.stop_text_token
             text_ids = torch.nn.functional.pad(torch.nn.functional.pad(text_ids, (1, 0), value=sot), (0, 1),
                                                value=eot)
+            if text_ids.shape[1] > self.config.max_text_tokens + 2:
+                raise SynthesisError(
+                    f"text of {text_ids.shape[1] - 2} tokens is longer than tts.max_text_tokens "
+                    f"({self.config.max_text_tokens}); split it into sentences"
+                )
             prefix = self.decoder.prefix_embeds(voice.cond_emb, text_ids.long())
         vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow_steps=cfg.flow_steps,
                                    context_tokens=cfg.context_tokens, crossfade_ms=cfg.crossfade_ms,
-                                   generator=generator)
+                                   generator=generator, flow_cfg_rate=cfg.flow_cfg_rate)
         schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens)
         tokens: list[int] = []

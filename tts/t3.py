@@ -101,10 +101,11 @@ class T3Decoder:
         with torch.no_grad():
             self.blocks = nn.ModuleList(_Block(layer) for layer in t3.tfmr.layers)
         if int8:
-            from torch.ao.quantization import quantize_dynamic
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-            # int8 weights, activations quantised per call; attention, norms and sampling stay fp32.
-            quantize_dynamic(self.blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            # int8 weights (one scale per output channel: per-tensor scales lose the small rows),
+            # activations quantised per call; attention, norms and sampling stay fp32.
+            quantize_dynamic(self.blocks, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
         self.final_norm: Tensor = t3.tfmr.norm.weight
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.n_kv_heads * self.head_dim
@@ -315,6 +316,28 @@ class T3Decoder:
                 self._noise(vocab, generator),
             )
             block.append(token)
+
+    @torch.inference_mode()
+    def score(self, prefix: Tensor, tokens: list[int], cfg_weight: float) -> Tensor:
+        """Teacher-forced CFG-mixed logits (len(tokens), V): what each step predicts given the true past.
+
+        Row i is the distribution for token i; for measuring numerical drift (dtype, int8) without
+        sampled sequences diverging after the first disagreement.
+        """
+        with self._lock:
+            logits = self.prefill(prefix)
+            rows = [logits]
+            prefix_len = prefix.shape[1]
+            for i, token in enumerate(tokens[:-1], start=1):
+                ids = torch.tensor([token], device=self.device)
+                emb = self.t3.speech_emb(ids) + self.t3.speech_pos_emb.emb(torch.tensor([i], device=self.device))
+                x = emb.to(self.dtype).expand(2, -1)[:, None, :]
+                pos = prefix_len + i - 1
+                hidden = self._forward(x, torch.tensor(pos, device=self.device), self.kv_bucket(pos + 1), False)
+                rows.append(self._logits(hidden[:, -1]))
+            stacked = torch.stack(rows)  # (N, 2, V)
+            mixed: Tensor = stacked[:, 0] + cfg_weight * (stacked[:, 0] - stacked[:, 1])
+            return mixed
 
     def _noise(self, vocab: int, generator: torch.Generator | None) -> Tensor:
         return torch.empty(vocab, device=self.device).exponential_(1, generator=generator)

@@ -26,6 +26,7 @@ MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
 SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
 LOOKAHEAD = 3  # tokens the flow encoder looks ahead (pre_lookahead_len)
 HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk
+FLOW_CFG_RATE = 0.7  # upstream's inference_cfg_rate inside the flow matching
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,14 @@ class StreamingVocoder:
     """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
 
     def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
-                 context_tokens: int, crossfade_ms: float, generator: torch.Generator | None) -> None:
+                 context_tokens: int, crossfade_ms: float, generator: torch.Generator | None,
+                 flow_cfg_rate: float = FLOW_CFG_RATE) -> None:
         # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
         self.flow = s3gen.flow
         self.hift = s3gen.mel2wav
         self.trim_fade: npt.NDArray[np.float32] = s3gen.trim_fade.cpu().numpy()
         self.prompt = prompt
+        self.flow_cfg_rate = flow_cfg_rate
         self.context_tokens = context_tokens
         self.crossfade = int(SAMPLE_RATE * crossfade_ms / 1000)
         device = prompt.tokens.device
@@ -131,10 +134,29 @@ class StreamingVocoder:
         z = torch.cat([self.noise[:, :, :n_prompt], self.noise[:, :, first : first + n_total - n_prompt]],
                       dim=2)
         mask = torch.ones(1, 1, n_total, device=h.device, dtype=h.dtype)
-        mel: Tensor = flow.decoder.solve_euler(z, t_span=self.t_span, mu=h.transpose(1, 2).contiguous(),
-                                               mask=mask, spks=self.spks,
-                                               cond=cond.transpose(1, 2).contiguous())
+        mel = self._solve_euler(z, h.transpose(1, 2).contiguous(), mask, cond.transpose(1, 2).contiguous())
         return mel[:, :, n_prompt:]
+
+    def _solve_euler(self, x: Tensor, mu: Tensor, mask: Tensor, cond: Tensor) -> Tensor:
+        """Upstream's CFM Euler solver (x (1, 80, T) noise -> mel), with the CFG rate as a knob.
+
+        The guided estimate is (1 + rate) * conditional - rate * unconditional, the unconditional
+        row seeing zero mu, speaker and prompt; rate 0 skips that row and halves the cost.
+        """
+        estimator = self.flow.decoder.estimator
+        rate = self.flow_cfg_rate
+        rows = 2 if rate > 0 else 1
+        x_in = x.expand(rows, -1, -1).contiguous()
+        mu_in = torch.cat([mu, torch.zeros_like(mu)])[:rows]
+        spks_in = torch.cat([self.spks, torch.zeros_like(self.spks)])[:rows]
+        cond_in = torch.cat([cond, torch.zeros_like(cond)])[:rows]
+        mask_in = mask.expand(rows, -1, -1)
+        for t, r in zip(self.t_span[:-1], self.t_span[1:], strict=True):
+            dxdt = estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in)  # (rows, 80, T)
+            if rows == 2:
+                dxdt = (1.0 + rate) * dxdt[:1] - rate * dxdt[1:]
+            x_in = (x_in[:1] + (r - t) * dxdt).expand(rows, -1, -1).contiguous()
+        return x_in[:1]
 
     def _mel2pcm(self, new_mel: Tensor, final: bool) -> npt.NDArray[np.float32]:
         ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]
@@ -175,8 +197,13 @@ class StreamingVocoder:
 
 @torch.inference_mode()
 def vocode_all(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int,
-               generator: torch.Generator | None) -> npt.NDArray[np.float32]:
-    """One-shot vocoding of a whole token sequence with the same noise layout as streaming (a reference)."""
-    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow_steps=flow_steps,
-                               context_tokens=len(tokens), crossfade_ms=0, generator=generator)
+               generator: torch.Generator | None, flow_cfg_rate: float = FLOW_CFG_RATE,
+               max_tokens: int | None = None) -> npt.NDArray[np.float32]:
+    """One-shot vocoding of a whole token sequence: the reference streaming is measured against.
+
+    With the same generator seed and `max_tokens` as a streamed request, it draws the same noise.
+    """
+    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=max_tokens or len(tokens), flow_steps=flow_steps,
+                               context_tokens=len(tokens), crossfade_ms=0, generator=generator,
+                               flow_cfg_rate=flow_cfg_rate)
     return vocoder.process(tokens, final=True)

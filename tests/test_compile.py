@@ -1,0 +1,40 @@
+"""torch.compile of the T3 step: warm-up builds every graph, real requests never recompile."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_fixtures import fast_tts_settings
+from tts.config import TTSConfig
+from tts.engine import StreamingTTS
+
+pytestmark = [pytest.mark.model, pytest.mark.compile]
+
+
+def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: Path) -> None:
+    import torch._dynamo
+
+    settings = fast_tts_settings(checkpoint_dir) | {
+        "dtype": "bfloat16", "compile": True, "cache_dir": str(tmp_path),
+        # A small cache (128 slots: one KV bucket) keeps the CPU compile to one graph.
+        "max_speech_tokens": 40, "max_text_tokens": 40,
+    }
+    engine = StreamingTTS.load(TTSConfig(**settings))
+    assert engine.decoder.compiled
+    engine.warm_up()
+    frames_before = dict(torch._dynamo.utils.counters["frames"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        short = np.concatenate(list(engine.stream("Hi.", seed=1)))
+        long = np.concatenate(list(engine.stream("The door is open, lights are on.", seed=2)))
+    assert dict(torch._dynamo.utils.counters["frames"]) == frames_before, "a request compiled a new frame"
+    assert len(short) > 0 and len(long) > len(short)
+
+    # The compiled step decodes what the eager step decodes (same weights, same seed).
+    eager = StreamingTTS.load(TTSConfig(**dataclasses.replace(TTSConfig(**settings), compile=False).__dict__))
+    eager_long = np.concatenate(list(eager.stream("The door is open, lights are on.", seed=2)))
+    assert len(eager_long) == len(long)
