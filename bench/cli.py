@@ -49,6 +49,15 @@ def main(argv: list[str]) -> int:
     t3.add_argument("--compile", action="store_true",
                     help="also time the torch.compile'd step (slow to build)")
     t3.add_argument("--no-upstream", action="store_true", help="skip upstream's loop (quick smoke runs)")
+    stream = sub.add_parser("stream", help="first audio, RTF, fidelity: ours vs the seed's method (bench/README.md)")
+    stream.add_argument("--baseline-venv", type=Path, default=Path("var/baseline-venv"),
+                        help="venv with chatterbox-streaming 0.1.2 (bench/setup-baseline makes it)")
+    stream.add_argument("--no-baseline", action="store_true")
+    stream.add_argument("--repeats", type=int, default=3)
+    stream.add_argument("--tokens", type=int, default=75, help="speech tokens per request (25 = 1 s)")
+    stream.add_argument("--no-lengths", action="store_true", help="skip the three-text-length series")
+    stream.add_argument("--dtype", default="auto", help="T3 dtype for the fidelity-first configuration")
+    stream.add_argument("--smoke", action="store_true", help="tiny and quick, no baseline (CI)")
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
@@ -61,4 +70,18 @@ def main(argv: list[str]) -> int:
                                args.compile, upstream=not args.no_upstream)
         print(t3_bench.report(results))
         print(f"results: {_write(args.out, 't3', results)}")
+    if args.what == "stream":
+        from bench import stream as stream_bench
+
+        smoke = args.smoke
+        venv = None if (args.no_baseline or smoke) else args.baseline_venv
+        if venv is not None and not (venv / "bin" / "python").exists():
+            parser.error(f"no baseline venv at {venv}; run bench/setup-baseline {venv} (or pass --no-baseline)")
+        results = stream_bench.run(args.checkpoint, baseline_venv=venv, repeats=1 if smoke else args.repeats,
+                                   headline_tokens=12 if smoke else args.tokens,
+                                   lengths=not (smoke or args.no_lengths), dtype=args.dtype)
+        print(stream_bench.report(results))
+        path = _write(args.out, "stream", results)
+        stream_bench.plot(results, path.with_suffix(".png"))
+        print(f"results: {path} and {path.with_suffix('.png')}")
     return 0

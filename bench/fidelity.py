@@ -120,13 +120,15 @@ def ref_dict_of(prompt: VoicePrompt) -> dict[str, Any]:
 
 def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, seed: int,
             flow_steps: int, context_tokens: int, crossfade_ms: float, schedule: tuple[int, int, float, int],
-            seed_chunk: int, seed_context: int) -> dict[str, Any]:
+            seed_chunk: int, seed_context: int, flow_cfg_rate: float = 0.7) -> dict[str, Any]:
     """Ours and the seed's method against one-shot vocoding of `tokens`; lower is better everywhere."""
-    reference = one_shot(s3gen, prompt, tokens, flow_steps=flow_steps, seed=seed)
+    reference = one_shot(s3gen, prompt, tokens, flow_steps=flow_steps, seed=seed, flow_cfg_rate=flow_cfg_rate)
     ours = stream_ours(s3gen, prompt, tokens, schedule=ChunkSchedule(*schedule), flow_steps=flow_steps,
-                       context_tokens=context_tokens, crossfade_ms=crossfade_ms, seed=seed)
+                       context_tokens=context_tokens, crossfade_ms=crossfade_ms, seed=seed,
+                       flow_cfg_rate=flow_cfg_rate)
     torch.manual_seed(seed)
-    seed_method = stream_seed_method(s3gen, ref_dict_of(prompt), tokens, chunk_size=seed_chunk, context_window=seed_context)
+    seed_method = stream_seed_method(s3gen, ref_dict_of(prompt), tokens, chunk_size=seed_chunk,
+                                     context_window=seed_context)
     result: dict[str, Any] = {"tokens": len(tokens), "flow_steps": flow_steps}
     for name, streamed in (("ours", ours), ("seed_method", seed_method)):
         result[name] = {

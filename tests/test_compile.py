@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 from model_fixtures import fast_tts_settings
+
 from tts.config import TTSConfig
 from tts.engine import StreamingTTS
 
