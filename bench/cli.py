@@ -58,6 +58,10 @@ def main(argv: list[str]) -> int:
     stream.add_argument("--no-lengths", action="store_true", help="skip the three-text-length series")
     stream.add_argument("--dtype", default="auto", help="T3 dtype for the fidelity-first configuration")
     stream.add_argument("--smoke", action="store_true", help="tiny and quick, no baseline (CI)")
+    startup = sub.add_parser("startup", help="load + warm-up with torch.compile, cold vs warm compile cache")
+    startup.add_argument("--dtype", default="bfloat16")
+    startup.add_argument("--max-speech-tokens", type=int, default=1000)
+    startup.add_argument("--max-text-tokens", type=int, default=400)
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
@@ -70,6 +74,12 @@ def main(argv: list[str]) -> int:
                                args.compile, upstream=not args.no_upstream)
         print(t3_bench.report(results))
         print(f"results: {_write(args.out, 't3', results)}")
+    if args.what == "startup":
+        from bench import startup as startup_bench
+
+        results = startup_bench.run(args.checkpoint, args.dtype, args.max_speech_tokens, args.max_text_tokens)
+        print(startup_bench.report(results))
+        print(f"results: {_write(args.out, 'startup', results)}")
     if args.what == "stream":
         from bench import stream as stream_bench
 

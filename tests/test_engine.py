@@ -16,29 +16,40 @@ pytestmark = pytest.mark.model
 SAMPLES_PER_TOKEN = MEL_PER_TOKEN * SAMPLES_PER_MEL  # 960 = 40 ms at 24 kHz
 
 
-def test_chunks_arrive_before_decoding_ends(engine):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_chunks_arrive_before_decoding_ends(engine, pipeline):
+    import dataclasses
+    import time
+
     produced: list[int] = []
+    decode_done: list[float] = []
     real_generate = engine.decoder.generate
 
     def counting_generate(*args, **kwargs):
         for block in real_generate(*args, **kwargs):
             produced.append(len(block))
             yield block
+        decode_done.append(time.perf_counter())
 
+    original = engine.config
+    engine.config = dataclasses.replace(original, pipeline=pipeline)
     engine.decoder.generate = counting_generate
     try:
-        text = "The front door is open and the garage is closed."
+        text = "The front door is open and the garage is closed, and the washing machine has finished its programme."
         budget = token_budget(text, engine.config.max_tokens_per_char, engine.config.max_speech_tokens)
         stream = engine.stream(text)
         first = next(stream)
+        first_at = time.perf_counter()
         decoded_at_first_chunk = sum(produced)
         rest = list(stream)
     finally:
         engine.decoder.generate = real_generate
-    assert len(first) > 0
-    assert decoded_at_first_chunk < budget / 2, "first audio must not wait for the whole utterance"
+        engine.config = original
+    assert len(first) > 0 and len(rest) >= 2
+    assert first_at < decode_done[0], "first audio must not wait for the whole utterance"
+    if not pipeline:  # decoding pauses while a chunk is vocoded: exactly one chunk's worth is ahead
+        assert decoded_at_first_chunk < budget / 4
     assert sum(produced) == budget  # the random model never stops by itself: the guard ends it
-    assert len(rest) >= 2
 
 
 def test_length_guard_bounds_tokens_and_audio(engine):
@@ -86,3 +97,35 @@ def test_unknown_voice_is_refused_before_any_work(engine):
     with pytest.raises(UnknownVoice) as info:
         next(engine.stream("Hello.", voice="nobody"))
     assert "default" in str(info.value) and info.value.known == engine.voices
+
+
+def test_pipelined_and_sequential_decoding_give_the_same_audio(engine):
+    import dataclasses
+
+    original = engine.config
+    try:
+        engine.config = dataclasses.replace(original, pipeline=True)
+        piped = np.concatenate(list(engine.stream("Lights off now.", seed=11)))
+        engine.config = dataclasses.replace(original, pipeline=False)
+        inline = np.concatenate(list(engine.stream("Lights off now.", seed=11)))
+    finally:
+        engine.config = original
+    assert np.array_equal(piped, inline)
+
+
+def test_a_decoder_failure_surfaces_as_synthesis_error_and_the_engine_recovers(engine):
+    from tts.errors import SynthesisError
+
+    real_generate = engine.decoder.generate
+
+    def failing_generate(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("injected decoder fault")
+
+    engine.decoder.generate = failing_generate
+    try:
+        with pytest.raises(SynthesisError, match="injected decoder fault"):
+            list(engine.stream("This will fail."))
+    finally:
+        engine.decoder.generate = real_generate
+    assert len(np.concatenate(list(engine.stream("And this works.")))) > 0

@@ -56,6 +56,8 @@ class TTSConfig:
     prompt_tokens: int | None = None
     # Crossfade at chunk seams, milliseconds.
     crossfade_ms: float = 20.0
+    # Decode T3 on its own thread (and CUDA stream) while the vocoder works on the previous chunk.
+    pipeline: bool = True
     # torch.compile the T3 step (and warm every shape up before serving).
     compile: bool = False
     # Threads for CPU inference; null = torch's default.

@@ -10,8 +10,10 @@ The engine is single-tenant: one request synthesises at a time (the daemon seria
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -278,22 +280,22 @@ class StreamingTTS:
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
-        decoded = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=cancel)
-        t_mark = time.perf_counter()
-        for block in decoded:
-            produced += len(block)
-            # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
-            tokens.extend(t for t in block if t < S3GEN_VOCAB)
-            stats.t3_s += time.perf_counter() - t_mark
-            while vocoder.ready(len(tokens), target):
+        halt = threading.Event()  # set when the consumer is done early: the decoder stops too
+        try:
+            for block in self._decoded_blocks(prefix, budget, generator, halt, cancel, stats):
+                produced += len(block)
+                # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
+                tokens.extend(t for t in block if t < S3GEN_VOCAB)
+                while vocoder.ready(len(tokens), target):
+                    if cancel is not None and cancel.is_set():
+                        return
+                    pcm = vocoder.process(tokens, chunk=target)
+                    yield self._emit(pcm, stats, start, vocoder)
+                    target = schedule.next()
                 if cancel is not None and cancel.is_set():
                     return
-                pcm = vocoder.process(tokens, chunk=target)
-                yield self._emit(pcm, stats, start, vocoder)
-                target = schedule.next()
-            if cancel is not None and cancel.is_set():
-                return
-            t_mark = time.perf_counter()
+        finally:
+            halt.set()
         stats.tokens = len(tokens)
         stats.stopped_by_guard = produced >= budget
         if cancel is not None and cancel.is_set():
@@ -301,6 +303,50 @@ class StreamingTTS:
         pcm = vocoder.process(tokens, final=True)
         if len(pcm):
             yield self._emit(pcm, stats, start, vocoder)
+
+    def _decoded_blocks(self, prefix: torch.Tensor, budget: int, generator: torch.Generator,
+                        halt: threading.Event, cancel: threading.Event | None,
+                        stats: SynthesisStats) -> Iterator[list[int]]:
+        """T3's token blocks, decoded inline or (tts.pipeline) on a thread that keeps decoding while
+        the caller vocodes; same tokens either way. Ends early once `halt` or `cancel` is set."""
+        stop = _AnyEvent(halt, cancel)
+        if not self.config.pipeline:
+            blocks = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop)
+            while True:
+                t0 = time.perf_counter()
+                block = next(blocks, None)
+                stats.t3_s += time.perf_counter() - t0
+                if block is None:
+                    return
+                yield block
+        handoff: queue.Queue[list[int] | BaseException | None] = queue.Queue()
+        side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
+
+        def produce() -> None:
+            try:
+                with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
+                    blocks = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop)
+                    while True:
+                        t0 = time.perf_counter()
+                        block = next(blocks, None)
+                        stats.t3_s += time.perf_counter() - t0
+                        if block is None:
+                            break
+                        handoff.put(block)
+                handoff.put(None)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                handoff.put(exc)
+
+        worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
+        worker.start()
+        try:
+            while (item := handoff.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            halt.set()
+            worker.join()
 
     @staticmethod
     def _emit(pcm: npt.NDArray[np.float32], stats: SynthesisStats, start: float,
@@ -312,6 +358,16 @@ class StreamingTTS:
         stats.audio_samples += len(pcm)
         stats.flow_s, stats.hift_s = vocoder.flow_s, vocoder.hift_s
         return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+class _AnyEvent:
+    """Looks like a threading.Event to the decoder's cancel check; set when any of its events is."""
+
+    def __init__(self, *events: threading.Event | None) -> None:
+        self._events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
 
 
 def _load_state(module: torch.nn.Module, path: Path, *, strict: bool) -> None:

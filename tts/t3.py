@@ -16,7 +16,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 # KV lengths are rounded up to KV_BUCKET x a power of two (capped at the cache size): attention never
 # reads more than twice the filled cache, and a 1.6k-slot cache needs only 5 step graphs.
 KV_BUCKET = 128
+
+
+class CancelFlag(Protocol):
+    """Anything with threading.Event's is_set()."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,7 @@ class T3Decoder:
         params: SamplingParams,
         *,
         generator: torch.Generator | None = None,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
         check_every: int = 8,
     ) -> Iterator[list[int]]:
         """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks.
@@ -281,7 +287,7 @@ class T3Decoder:
             yield from self._generate(prefix, max_tokens, params, generator, cancel, check_every)
 
     def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
-                  generator: torch.Generator | None, cancel: threading.Event | None,
+                  generator: torch.Generator | None, cancel: CancelFlag | None,
                   check_every: int) -> Iterator[list[int]]:
         prefix_len = prefix.shape[1]
         max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
