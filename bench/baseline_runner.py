@@ -3,11 +3,11 @@ checkpoint and prints JSON timings. It runs in the baseline's own virtual enviro
 bench/setup-baseline), so it imports nothing from chatterd.
 
     var/baseline-venv/bin/python bench/baseline_runner.py --checkpoint DIR --text T \
-        --chunk-size 25 --context-window 50 --chunks 3 --repeats 3
+        --chunk-size 25 --context-window 50 --chunks 3 --repeats 3 --out result.json
 
 The package's `from_local` wants `.pt` files; its modules are built here from the safetensors state
 dicts instead (all keys match). A random-weight T3 never stops by itself, so each run consumes the
-first `--chunks` chunks of the stream and closes it.
+first `--chunks` chunks of the stream and closes it. Results go to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def main() -> int:
     parser.add_argument("--context-window", type=int, default=50)
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="JSON result file (stdout carries the package's prints)")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
@@ -72,8 +74,8 @@ def main() -> int:
         runs.append({"chunks": chunks})
         print(f"baseline run {repeat}: first chunk {chunks[0][0]:.2f} s, {len(chunks)} chunks", file=sys.stderr)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    json.dump({"runs": runs, "peak_rss_mb": peak_mb, "sample_rate": model.sr, "torch": torch.__version__,
-               "threads": torch.get_num_threads()}, sys.stdout)
+    args.out.write_text(json.dumps({"runs": runs, "peak_rss_mb": peak_mb, "sample_rate": model.sr,
+                                    "torch": torch.__version__, "threads": torch.get_num_threads()}))
     return 0
 
 

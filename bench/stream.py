@@ -16,6 +16,7 @@ import dataclasses
 import json
 import resource
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,13 @@ def run_baseline(venv: Path, checkpoint: Path, text: str, chunk_size: int, conte
     cmd = [str(venv / "bin" / "python"), str(runner), "--checkpoint", str(checkpoint), "--text", text,
            "--chunk-size", str(chunk_size), "--context-window", str(context), "--chunks", str(chunks),
            "--repeats", str(repeats)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={"TQDM_DISABLE": "1",
-                                                                               "PATH": "/usr/bin:/bin"})
-    raw = json.loads(out.stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True,
+                              env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin"})
+        if done.returncode != 0:
+            raise RuntimeError(f"baseline runner failed ({done.returncode}): {done.stderr[-2000:]}")
+        raw = json.loads(out.read_text())
     runs = [timeline_metrics([tuple(c) for c in r["chunks"]]) for r in raw["runs"]]
     return {"settings": {"chunk_size": chunk_size, "context_window": context, "chunks": chunks},
             "summary": _summarise(runs), "runs": runs, "timelines": [r["chunks"] for r in raw["runs"]],
