@@ -4,6 +4,11 @@
 then `run` until SIGTERM/SIGINT. `run(config, engine)` is the asyncio part, usable in-process
 (tests pass a fake engine and a `wav:` output).
 
+systemd (Type=notify): `STATUS=` follows the phases (loading, warming up, connecting, ready,
+reconnecting); each slow start phase first sends `EXTEND_TIMEOUT_USEC` with its own budget, so
+a first compile gets its time and a hang still fails the start; `READY=1` goes out once, after
+warm-up and the first MQTT subscription; `WATCHDOG=1` is sent from the event loop.
+
 Shutdown order matters: the speech worker is cancelled first (the audio stops, every open request
 gets `stopped`), then the MQTT link flushes those events, publishes `speaking OFF` and retained
 `offline`, and disconnects; the player closes last.
@@ -17,14 +22,23 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 from daemon import systemd
 from daemon.config import Config, LogConfig, SpeechConfig
+from daemon.controls import Controls
 from daemon.errors import BadRequest
-from daemon.messages import error_event, parse_say, parse_stop, parse_volume, request_id_of
-from daemon.mqtt import MqttLink, Topics
+from daemon.hermes import HermesBridge
+from daemon.homeassistant import HomeAssistantDiscovery
+from daemon.loudness import Leveller
+from daemon.messages import Event, error_event, parse_say, parse_stop, parse_volume, request_id_of
+from daemon.mqtt import MessageHandler, MqttLink, Topics
+from daemon.phrase_cache import PhraseCache, identity_of
 from daemon.player import Player, Sink, open_sink
 from daemon.speech import EmitFn, SpeechEngine, SpeechService
+from tts.config import TTSConfig
 
 _LOGGER = logging.getLogger("daemon")
 
@@ -32,6 +46,20 @@ _LOGGER = logging.getLogger("daemon")
 # Should the engine report another rate, the sink is reopened at that rate.
 EXPECTED_SAMPLE_RATE = 24000
 MQTT_STOP_TIMEOUT_S = 10.0
+# Start-phase budgets announced to systemd (EXTEND_TIMEOUT_USEC); the unit's TimeoutStartSec
+# bounds the whole start on top. Compiling every decode shape on a CPU takes tens of minutes.
+LOAD_BUDGET_S = 600.0
+WARM_UP_BUDGET_S = 600.0
+COMPILE_WARM_UP_BUDGET_S = 3600.0
+
+
+class WarmableEngine(SpeechEngine, Protocol):
+    def warm_up(self) -> float:
+        """Compile and run every shape the hot path uses; returns the seconds it took."""
+        ...
+
+
+EngineLoader = Callable[[TTSConfig], WarmableEngine]
 
 
 def setup_logging(config: LogConfig) -> None:
@@ -75,6 +103,13 @@ class Router:
             self._emit(error_event(request_id, exc.code, exc.message, topic=topic))
 
 
+def _phrase_cache(config: Config, sample_rate: int) -> PhraseCache | None:
+    if config.speech.cache.dir is None:
+        return None
+    directory = Path(config.speech.cache.dir)
+    return PhraseCache(directory, int(config.speech.cache.max_mb * 1e6), sample_rate, identity_of(config.tts))
+
+
 async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) -> None:
     """Serve MQTT requests with `engine` until cancelled; `sink` defaults to `audio.output`."""
     if sink is None:
@@ -82,10 +117,37 @@ async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) ->
     player = Player(sink, volume=config.audio.volume)
     player.start()
     link = MqttLink(config.mqtt)
+    hermes: HermesBridge | None = None
+
+    def emit(event: Event) -> None:
+        link.publish_event(event)
+        if hermes is not None:
+            hermes.on_event(event)
+
     service = SpeechService(
-        engine, player, config.speech, emit=link.publish_event, on_speaking=link.publish_speaking
+        engine,
+        player,
+        config.speech,
+        emit=emit,
+        on_speaking=link.publish_speaking,
+        default_voice=config.tts.default_voice,
+        cache=_phrase_cache(config, engine.sample_rate),
+        leveller=Leveller(config.audio.target_dbfs, config.audio.max_gain_db, engine.sample_rate)
+        if config.audio.max_gain_db > 0
+        else None,
     )
-    router = Router(link.topics, service, player, config.speech, emit=link.publish_event)
+    router = Router(link.topics, service, player, config.speech, emit=emit)
+    controls = Controls(link, service, player, engine.voices, emit)
+    handlers: list[MessageHandler] = [router.handle, controls.handle]
+    if config.integrations.hermes.enabled:
+        site_id = config.integrations.hermes.site_id or config.mqtt.site
+        hermes = HermesBridge(link, site_id, service.submit, config.speech, emit)
+        handlers.append(hermes.handle)
+    handlers.append(HomeAssistantDiscovery(config.integrations.home_assistant, link, engine.voices).handle)
+
+    def on_message(topic: str, payload: bytes, received_at: float) -> None:
+        for handler in handlers:
+            handler(topic, payload, received_at)
 
     def on_ready() -> None:
         _LOGGER.info(
@@ -93,9 +155,19 @@ async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) ->
         )
         systemd.notify("READY=1", f"STATUS=ready on {link.topics.base}")
 
+    def on_connected() -> None:
+        systemd.notify(f"STATUS=ready on {link.topics.base}")
+
+    def on_offline(reason: str) -> None:
+        systemd.notify(f"STATUS=reconnecting: {reason}")
+
+    link.on_connected.append(on_connected)
+    link.on_offline.append(on_offline)
+    systemd.notify(f"STATUS=connecting to MQTT broker {config.mqtt.host}:{config.mqtt.port}")
+
     tasks = [
         asyncio.create_task(service.run(), name="chatterd.speech"),
-        asyncio.create_task(link.run(router.handle, on_ready), name="chatterd.mqtt"),
+        asyncio.create_task(link.run(on_message, on_ready), name="chatterd.mqtt"),
     ]
     interval = systemd.watchdog_interval()
     if interval is not None:
@@ -137,16 +209,25 @@ async def _main(config: Config, engine: SpeechEngine, sink: Sink) -> None:
         await run(config, engine, sink)
 
 
-def serve(config: Config) -> None:
+def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
+    """The real engine (torch is imported here, not at daemon import time)."""
+    from tts.engine import StreamingTTS
+
+    return StreamingTTS.load(config)
+
+
+def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> None:
     """`chatterd run`: audio first (fail fast), then the engine (slow), then serve until a signal."""
     sink = open_sink(config.audio, EXPECTED_SAMPLE_RATE)
     try:
-        from tts.engine import StreamingTTS  # torch is imported here, not at daemon import time
-
-        systemd.notify("STATUS=loading the model")
+        systemd.notify(f"EXTEND_TIMEOUT_USEC={int(LOAD_BUDGET_S * 1e6)}", "STATUS=loading the model")
         _LOGGER.info("loading the TTS engine from %s", config.tts.checkpoint)
-        engine = StreamingTTS.load(config.tts)
-        systemd.notify("STATUS=warming up")
+        engine = load_engine(config.tts)
+        budget = COMPILE_WARM_UP_BUDGET_S if config.tts.compile else WARM_UP_BUDGET_S
+        systemd.notify(
+            f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}",
+            "STATUS=warming up" + (" (compiling: minutes on a CPU)" if config.tts.compile else ""),
+        )
         engine.warm_up()
         if engine.sample_rate != sink.sample_rate:
             sink.close()

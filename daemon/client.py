@@ -14,7 +14,7 @@ import aiomqtt
 from daemon.config import MqttConfig, load_config
 from daemon.errors import ConfigError
 from daemon.messages import END_EVENTS, new_request_id
-from daemon.mqtt import Topics
+from daemon.mqtt import Topics, tls_context
 
 
 def client_config(
@@ -64,7 +64,14 @@ async def _say(mqtt: MqttConfig, text: str, voice: str | None, timeout: float) -
     request: dict[str, Any] = {"text": text, "id": new_request_id()}
     if voice is not None:
         request["voice"] = voice
-    async with aiomqtt.Client(mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password) as client:
+    async with aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=mqtt.resolve_password(),
+        tls_context=tls_context(mqtt),
+        tls_insecure=mqtt.tls_insecure if mqtt.uses_tls else None,
+    ) as client:
         # Subscribe before publishing so the end event cannot slip past.
         await client.subscribe([(topics.event, 1), (topics.status, 1)])
         await client.publish(topics.say, json.dumps(request), qos=mqtt.qos)

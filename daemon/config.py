@@ -8,6 +8,7 @@ dotted path, the file and the expected form.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,22 @@ class MqttConfig:
     host: str = "localhost"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    # The password: inline, or (better) from a file or an environment variable; at most one of
+    # the three. Never part of repr(), logs or events.
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    password_env: str | None = None
+    # TLS: on with `tls: true` (or any tls_* file); CA bundle (null = the system's), client
+    # certificate and key for brokers that require them, and `tls_insecure` to skip the host name
+    # check (self-signed setups; the chain is still verified against tls_ca_file).
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_insecure: bool = False
+    # Persistent session (clean_session off, QoS >= 1 subscriptions, stable client id): the broker
+    # keeps what was published to us while we were disconnected and delivers it on reconnect.
+    persistent_session: bool = True
     # MQTT client id; null = "chatterd-<site>".
     client_id: str | None = None
     keepalive: int = 60
@@ -50,10 +66,51 @@ class MqttConfig:
             raise ValueError("keepalive must be >= 5 seconds")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
+        sources = [n for n in ("password", "password_file", "password_env") if getattr(self, n) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"set at most one of password, password_file, password_env, not {sources}")
+        if sources and self.username is None:
+            raise ValueError(f"{sources[0]} needs username")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.persistent_session and self.qos == 0:
+            raise ValueError("persistent_session needs qos 1 or 2 (the broker does not queue QoS 0)")
 
     @property
     def base_topic(self) -> str:
         return f"{self.prefix}/{self.site}"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any(
+            f is not None for f in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        )
+
+    @property
+    def effective_client_id(self) -> str:
+        """The client id sent to the broker: stable across restarts (the persistent session's key)."""
+        return self.client_id or f"chatterd-{self.site}"
+
+    def resolve_password(self) -> str | None:
+        """The password from `password`, `password_file` (first line) or `password_env`.
+
+        Raises ConfigError naming the file or variable (never the secret) when it cannot be read.
+        """
+        if self.password_file is not None:
+            try:
+                lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                raise ConfigError(f"mqtt.password_file {self.password_file}: unreadable: {reason}") from None
+            if not lines or not lines[0]:
+                raise ConfigError(f"mqtt.password_file {self.password_file}: the first line is empty")
+            return lines[0]
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if not value:
+                raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} is not set")
+            return value
+        return self.password
 
 
 @dataclass(frozen=True)
@@ -66,6 +123,10 @@ class AudioConfig:
     volume: float = 1.0
     # PortAudio buffer size in frames (at the engine's sample rate).
     frames_per_buffer: int = 1024
+    # Loudness levelling: each voice's speech is brought to `target_dbfs` (RMS of its voiced
+    # frames, learnt over what the voice has said so far), within +-`max_gain_db`; 0 = off.
+    target_dbfs: float = -20.0
+    max_gain_db: float = 12.0
 
     def __post_init__(self) -> None:
         if self.output != "pyaudio" and not (self.output.startswith("wav:") and len(self.output) > 4):
@@ -74,6 +135,23 @@ class AudioConfig:
             raise ValueError("volume must be in 0..1")
         if not 64 <= self.frames_per_buffer <= 65536:
             raise ValueError("frames_per_buffer must be in 64..65536")
+        if not -60 <= self.target_dbfs <= 0:
+            raise ValueError("target_dbfs must be in -60..0")
+        if not 0 <= self.max_gain_db <= 40:
+            raise ValueError("max_gain_db must be in 0..40")
+
+
+@dataclass(frozen=True)
+class PhraseCacheConfig:
+    # Directory for the phrase cache (synthesised sentences as WAV files, keyed by normalised
+    # text, voice, model and synthesis settings); relative to the config file; null = no cache.
+    dir: str | None = None
+    # Size bound in megabytes; the least recently played phrases are evicted beyond it.
+    max_mb: float = 200.0
+
+    def __post_init__(self) -> None:
+        if self.max_mb <= 0:
+            raise ValueError("max_mb must be > 0")
 
 
 @dataclass(frozen=True)
@@ -83,14 +161,31 @@ class SpeechConfig:
     # Longest text accepted, in characters, and largest payload, in bytes.
     max_text_chars: int = 5000
     max_payload_bytes: int = 65536
+    # Requests per second per client (token bucket: `rate_limit_burst` at once, refilled at
+    # `rate_limit_per_s`); the client is the JSON "client" field, else one bucket per source.
+    # Over the limit a request gets an `error` event (code rate_limited). 0 = no limit.
+    rate_limit_per_s: float = 5.0
+    rate_limit_burst: int = 20
+    # A request whose text and voice equal a queued request's is dropped (reason "duplicate").
+    dedupe: bool = True
+    # Long text is spoken sentence by sentence (the next synthesised while one plays); a sentence
+    # longer than this many characters is cut at clause, then word boundaries.
+    max_sentence_chars: int = 300
+    cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:
             raise ValueError("queue_size must be >= 1")
+        if self.rate_limit_per_s < 0:
+            raise ValueError("rate_limit_per_s must be >= 0")
+        if self.rate_limit_burst < 1:
+            raise ValueError("rate_limit_burst must be >= 1")
         if self.max_text_chars < 1:
             raise ValueError("max_text_chars must be >= 1")
         if self.max_payload_bytes < 16:
             raise ValueError("max_payload_bytes must be >= 16")
+        if self.max_sentence_chars < 20:
+            raise ValueError("max_sentence_chars must be >= 20")
 
 
 @dataclass(frozen=True)
@@ -103,11 +198,40 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HermesConfig:
+    # Rhasspy/Snips Hermes: speak `hermes/tts/say` for this site, answer `hermes/tts/sayFinished`.
+    enabled: bool = False
+    # The Hermes siteId served; null = mqtt.site.
+    site_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    # Home Assistant MQTT discovery; when false, entities a previous run announced are removed.
+    enabled: bool = False
+    # HA's discovery prefix; HA announces itself on "<discovery_prefix>/status".
+    discovery_prefix: str = "homeassistant"
+    # Device name shown in HA; null = "chatterd <site>".
+    device_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.discovery_prefix or any(c in self.discovery_prefix for c in "+#\0"):
+            raise ValueError("discovery_prefix must be non-empty without '+', '#' or NUL")
+
+
+@dataclass(frozen=True)
+class IntegrationsConfig:
+    hermes: HermesConfig = field(default_factory=HermesConfig)
+    home_assistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    integrations: IntegrationsConfig = field(default_factory=IntegrationsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -128,6 +252,10 @@ def load_config(path: str | Path) -> Config:
         raw = {}
     config: Config = _build(Config, raw, "", path)
     _resolve_relative_paths(config, path.parent)
+    try:
+        config.mqtt.resolve_password()  # a missing secret file or variable fails at load, not at connect
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config
 
 
@@ -184,7 +312,8 @@ def _coerce(hint: Any, value: Any, dotted: str, path: Path) -> Any:
     expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         hint, str(hint)
     )
-    raise ConfigError(f"{path}: '{dotted}' must be {expected}, got {_kind(value)} {value!r}")
+    shown = "(value hidden)" if dotted.endswith("password") else repr(value)  # secrets stay out of errors
+    raise ConfigError(f"{path}: '{dotted}' must be {expected}, got {_kind(value)} {shown}")
 
 
 def _kind(value: Any) -> str:
@@ -192,7 +321,8 @@ def _kind(value: Any) -> str:
 
 
 def _resolve_relative_paths(config: Config, base: Path) -> None:
-    """Voice wavs, cache dir and local checkpoints are relative to the config file's folder."""
+    """Voice wavs, cache dir, local checkpoints, MQTT secret and TLS files are relative to the config
+    file's folder."""
 
     def resolve(p: str) -> str:
         candidate = Path(p).expanduser()
@@ -205,6 +335,17 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
     if tts.checkpoint.startswith((".", "/", "~")):
         updates["checkpoint"] = resolve(tts.checkpoint)
     object.__setattr__(config, "tts", dataclasses.replace(tts, **updates))
+    mqtt_files: dict[str, Any] = {
+        name: resolve(value)
+        for name in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (value := getattr(config.mqtt, name)) is not None
+    }
+    if mqtt_files:
+        object.__setattr__(config, "mqtt", dataclasses.replace(config.mqtt, **mqtt_files))
     if config.audio.output.startswith("wav:"):
         output = "wav:" + resolve(config.audio.output[4:])
         object.__setattr__(config, "audio", dataclasses.replace(config.audio, output=output))
+    cache = config.speech.cache
+    if cache.dir is not None:
+        speech = dataclasses.replace(config.speech, cache=dataclasses.replace(cache, dir=resolve(cache.dir)))
+        object.__setattr__(config, "speech", speech)

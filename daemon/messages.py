@@ -44,6 +44,7 @@ class SayRequest:
     interrupt: bool = False  # cut the current utterance and speak this one next
     received_at: float = 0.0  # time.monotonic() when the message arrived (first_audio_ms starts here)
     source: str = "mqtt"
+    client: str | None = None  # who sent it, as the request says (JSON "client"): the rate-limit key
 
 
 def new_request_id() -> str:
@@ -75,6 +76,9 @@ def parse_say(payload: bytes, received_at: float, limits: SpeechConfig, source: 
     elif priority not in PRIORITIES:
         raise BadRequest("bad_value", f"'priority' must be one of low, normal, high, got {priority!r}")
     interrupt = _field(obj, "interrupt", bool, optional=True)
+    client = _field(obj, "client", str, optional=True)
+    if client is not None and not (0 < len(client) <= MAX_ID_CHARS and client.isprintable()):
+        raise BadRequest("bad_value", f"'client' must be 1..{MAX_ID_CHARS} printable characters")
     return SayRequest(
         text=text,
         id=request_id or new_request_id(),
@@ -84,6 +88,7 @@ def parse_say(payload: bytes, received_at: float, limits: SpeechConfig, source: 
         interrupt=bool(interrupt),
         received_at=received_at,
         source=source,
+        client=client,
     )
 
 
@@ -214,10 +219,16 @@ def _parse_id(obj: dict[str, Any]) -> str | None:
     return value
 
 
+_UNSPEAKABLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories: control, format, surrogate
+
+
 def _clean_text(text: str, limits: SpeechConfig) -> str:
-    """Newlines and tabs become spaces, other control characters (NUL included) go, runs collapse."""
+    """Newlines and tabs become spaces; control characters (NUL included), invisible format
+    characters (zero-width spaces, bidi overrides, joiners) and lone surrogates go; runs collapse."""
     kept = "".join(
-        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc"
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch) not in _UNSPEAKABLE
     )
     cleaned = " ".join(kept.split())
     if not cleaned:

@@ -1,8 +1,16 @@
 """The MQTT side: one aiomqtt 2.x connection, kept up with a jittered-backoff reconnect loop.
 
-Per connection: subscribe `<base>/say`, `<base>/stop`, `<base>/volume/set`; publish retained
-`online` on `<base>/status` (the Last Will publishes retained `offline` if the daemon vanishes);
-then read messages and publish the outbox until the connection drops or `stop()` is called.
+Per connection: subscribe the exact topics in `subscriptions` (`<base>/say`, `<base>/stop`,
+`<base>/volume/set`; no wildcards), publish retained `online` on `<base>/status` (the Last Will
+publishes retained `offline` if the daemon vanishes) and the current retained `speaking` state,
+run the `on_connected` callbacks (integrations re-publish their retained state there), then read
+messages and publish the outbox until the connection drops or `stop()` is called. Every failed
+attempt or lost connection runs the `on_offline` callbacks with a one-line reason.
+
+Reconnects back off exponentially from `reconnect_min_s` to `reconnect_max_s`, each wait drawn
+uniformly from its upper half (jitter). With `persistent_session` the client id is stable and
+clean_session is off, so the broker queues QoS >= 1 messages for us while we are away and
+delivers them right after the reconnect.
 
 Everything the daemon publishes (events, the retained `speaking` state) goes through a bounded
 outbox, so a broker outage never blocks the speech worker: what was published while offline is
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +32,7 @@ from dataclasses import dataclass
 import aiomqtt
 
 from daemon.config import MqttConfig
+from daemon.errors import ConfigError
 from daemon.messages import Event
 
 _LOGGER = logging.getLogger(__name__)
@@ -32,6 +42,12 @@ FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long `offline` may take to be acknowle
 
 # (topic, payload, time.monotonic() at receipt); must not block (it runs on the event loop).
 MessageHandler = Callable[[str, bytes, float], None]
+
+# CONNACK codes that mean "your credentials", and what to check: MQTT 3.1.1's 4 and 5, which
+# paho 2 reports as the MQTT 5 reason codes 134 and 135.
+_BAD_LOGIN = "the broker rejected the user name or password (check mqtt.username and the password)"
+_NOT_AUTHORIZED = "the broker refused access (check mqtt.username, the password and the broker's ACL)"
+_AUTH_HINTS = {4: _BAD_LOGIN, 134: _BAD_LOGIN, 5: _NOT_AUTHORIZED, 135: _NOT_AUTHORIZED}
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,12 @@ class MqttLink:
         self._stopping = asyncio.Event()
         self._overflow_logged = False
         self._ready_fired = False
+        self._speaking = False
+        # Exact topics only: the daemon never subscribes to a wildcard. Integrations may add topics
+        # (before `run`) and callbacks; on_connected runs after every (re)connect, on the loop.
+        self.subscriptions: list[str] = [self.topics.say, self.topics.stop, self.topics.volume_set]
+        self.on_connected: list[Callable[[], None]] = []
+        self.on_offline: list[Callable[[str], None]] = []
         # A crashed predecessor may have left `speaking ON` retained: the first connection clears it.
         self.publish_speaking(False)
 
@@ -94,16 +116,24 @@ class MqttLink:
         """Queue an event for `<base>/event` (not retained)."""
         self._enqueue(_Outgoing(self.topics.event, event.to_json(self.config.site), retain=False))
 
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        """Queue any message (integrations: discovery configs, Hermes replies); never blocks."""
+        self._enqueue(_Outgoing(topic, payload, retain))
+
     def publish_speaking(self, speaking: bool) -> None:
         """Queue the retained `<base>/speaking` state.
 
         While connected every change goes out, however short; while disconnected only the latest
         state is kept, so a reconnect does not replay a stale ON/OFF history.
         """
+        self._speaking = speaking
         if not self.connected:
-            for outgoing in [o for o in self._outbox if o.topic == self.topics.speaking]:
-                self._outbox.remove(outgoing)
+            self._drop_queued(self.topics.speaking)
         self._enqueue(_Outgoing(self.topics.speaking, "ON" if speaking else "OFF", retain=True))
+
+    def _drop_queued(self, topic: str) -> None:
+        for outgoing in [o for o in self._outbox if o.topic == topic]:
+            self._outbox.remove(outgoing)
 
     def _enqueue(self, outgoing: _Outgoing) -> None:
         if len(self._outbox) >= self._outbox_limit:
@@ -137,9 +167,9 @@ class MqttLink:
                     return
                 # Jitter, so that a fleet of daemons does not reconnect in step after a broker restart.
                 wait = random.uniform(delay / 2, delay)
-                _LOGGER.warning(
-                    "MQTT broker %s:%d: %s; retrying in %.1f s", self.config.host, self.config.port, exc, wait
-                )
+                reason = f"MQTT broker {self.config.host}:{self.config.port}: {describe_error(exc)}"
+                _LOGGER.warning("%s; retrying in %.1f s", reason, wait)
+                _call_each(self.on_offline, f"{reason}; retrying in {wait:.0f} s")
                 try:
                     await asyncio.wait_for(self._stopping.wait(), wait)
                 except asyncio.TimeoutError:
@@ -149,31 +179,44 @@ class MqttLink:
                 self.connected = False
 
     def _client(self) -> aiomqtt.Client:
-        # A fresh client per attempt: no state survives a failed connect.
-        return aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            username=self.config.username,
-            password=self.config.password,
-            identifier=self.config.client_id or f"chatterd-{self.config.site}",
-            keepalive=self.config.keepalive,
-            will=aiomqtt.Will(self.topics.status, "offline", qos=self.config.qos, retain=True),
-            clean_session=True,
-        )
+        # A fresh client per attempt: no client-side state survives a failed connect. The session
+        # (subscriptions, queued messages) lives on the broker under the stable client id.
+        try:
+            return aiomqtt.Client(
+                self.config.host,
+                self.config.port,
+                username=self.config.username,
+                password=self.config.resolve_password(),  # read per attempt: a rotated secret is picked up
+                identifier=self.config.effective_client_id,
+                keepalive=self.config.keepalive,
+                will=aiomqtt.Will(self.topics.status, "offline", qos=self.config.qos, retain=True),
+                clean_session=not self.config.persistent_session,
+                tls_context=tls_context(self.config),
+                tls_insecure=self.config.tls_insecure if self.config.uses_tls else None,
+            )
+        except (ConfigError, OSError, ValueError) as exc:
+            raise aiomqtt.MqttError(str(exc)) from exc  # e.g. an unreadable CA file: retried, logged
 
     async def _serve(
         self, client: aiomqtt.Client, on_message: MessageHandler, on_ready: Callable[[], None] | None
     ) -> None:
         qos = self.config.qos
-        await client.subscribe(
-            [(self.topics.say, qos), (self.topics.stop, qos), (self.topics.volume_set, qos)]
-        )
+        await client.subscribe([(topic, qos) for topic in self.subscriptions])
         await client.publish(self.topics.status, "online", qos=qos, retain=True)
         self.connected = True
         self._overflow_logged = False
+        # The retained state may have been lost with a broker restart: publish it again.
+        self._drop_queued(self.topics.speaking)
+        self._enqueue(_Outgoing(self.topics.speaking, "ON" if self._speaking else "OFF", retain=True))
         _LOGGER.info(
-            "MQTT connected to %s:%d, listening on %s/#", self.config.host, self.config.port, self.topics.base
+            "MQTT connected to %s:%d as %s (%s session), listening on %s",
+            self.config.host,
+            self.config.port,
+            self.config.effective_client_id,
+            "persistent" if self.config.persistent_session else "clean",
+            ", ".join(self.subscriptions),
         )
+        _call_each(self.on_connected)
         if on_ready is not None and not self._ready_fired:
             self._ready_fired = True
             on_ready()
@@ -221,6 +264,36 @@ class MqttLink:
         # Removed only once acknowledged: an entry cut off by a disconnect goes out after the reconnect.
         if self._outbox and self._outbox[0] is outgoing:
             self._outbox.popleft()
+
+
+def _call_each(callbacks: list[Callable[..., None]], *args: str) -> None:
+    """Run integration callbacks; a failing one is logged and must not take the connection down."""
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:
+            _LOGGER.exception("MQTT callback %r failed", callback)
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """The TLS context `config` asks for (None without TLS); raises OSError/SSLError on bad files."""
+    if not config.uses_tls:
+        return None
+    context = ssl.create_default_context(cafile=config.tls_ca_file)
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    if config.tls_insecure:
+        context.check_hostname = False  # the chain is still verified
+    return context
+
+
+def describe_error(exc: aiomqtt.MqttError) -> str:
+    """One line for the log: what went wrong and, for refused logins, what to check."""
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    if isinstance(value, int) and value in _AUTH_HINTS:
+        return f"{_AUTH_HINTS[value]} ({exc})"
+    return str(exc)
 
 
 async def _cancel_all(tasks: tuple[asyncio.Task[None], ...]) -> None:

@@ -7,7 +7,13 @@ slice (plus the device's own buffer), never after a long queued chunk.
 
 Sinks:
 * `PyAudioSink`: a PortAudio output stream (16-bit mono at the engine's rate), opened at start
-  and kept open; the device is picked by exact name among output devices.
+  and kept open; the device is picked by exact name among output devices. When a write fails
+  (device unplugged, ALSA error) the stream is closed and the write raises AudioDeviceError, so
+  that request ends with an `error` event; a later write rescans the devices and reopens the
+  stream. Attempts are spaced by an exponential backoff (`REOPEN_MIN_S` after a failure,
+  doubling up to `REOPEN_MAX_S` while reopening, or writing soon after, keeps failing); writes
+  in between fail at once, so queued requests are reported, not stuck. Once a stream has
+  played `HEALTHY_S` of audio the device counts as back and the backoff is reset.
 * `WavSink`: for `audio.output: wav:PATH`; a new 16-bit mono WAV per daemon run, holding every
   request's audio back to back. It is not paced: writes return at once, so a request "plays" as
   fast as it is synthesised and `stop` only cuts what has not been synthesised yet.
@@ -35,6 +41,9 @@ from daemon.errors import AudioDeviceError
 _LOGGER = logging.getLogger(__name__)
 
 SLICE_S = 0.05  # longest piece handed to the sink at once: the bound on how late a stop takes effect
+REOPEN_MIN_S = 0.5  # backoff between attempts to reopen a failed audio device...
+REOPEN_MAX_S = 30.0  # ... doubling up to this
+HEALTHY_S = 1.0  # audio a (re)opened stream must play before the device counts as working again
 
 FloatPCM = npt.NDArray[np.float32]
 
@@ -73,6 +82,10 @@ class PyAudioSink:
         self.sample_rate = sample_rate
         self._pyaudio = pyaudio
         self._frames_per_buffer = frames_per_buffer
+        self._wanted = device
+        self._retry_at = 0.0  # time.monotonic() before which no reopen is attempted
+        self._backoff = REOPEN_MIN_S
+        self._written = 0  # samples the current stream has taken
         # PortAudio reads the ALSA configuration here, once per PyAudio instance.
         self._pa = pyaudio.PyAudio()
         self._stream: Any = None
@@ -130,12 +143,39 @@ class PyAudioSink:
 
     def write(self, pcm: FloatPCM) -> None:
         if self._stream is None:
-            self._stream = self._open()  # the last write failed; the device may be back
+            self._reopen()  # the last write failed; the device may be back
         try:
             self._stream.write(to_int16(pcm).tobytes(), len(pcm))
         except OSError as exc:
             self._close_stream()
+            self._back_off()
             raise AudioDeviceError(f"writing to audio device {self.device_name!r} failed: {exc}") from exc
+        self._written += len(pcm)
+        if self._written >= HEALTHY_S * self.sample_rate:
+            self._backoff = REOPEN_MIN_S  # the device works
+
+    def _back_off(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, REOPEN_MAX_S)
+
+    def _reopen(self) -> None:
+        """Rescan the devices (a replugged one may have a new index) and reopen, honouring the backoff."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise AudioDeviceError(
+                f"audio device {self.device_name!r} is unavailable; "
+                f"the next attempt to reopen it is in {self._retry_at - now:.1f} s"
+            )
+        try:
+            self._pa.terminate()
+            self._pa = self._pyaudio.PyAudio()
+            self._device_index, self.device_name = self._find_device(self._wanted)
+            self._stream = self._open()
+        except AudioDeviceError:
+            self._back_off()
+            raise
+        self._written = 0
+        _LOGGER.warning("audio device %r reopened", self.device_name)
 
     def _close_stream(self) -> None:
         stream, self._stream = self._stream, None

@@ -8,6 +8,21 @@ Threads and the event loop:
 
 Every accepted request (`queued` event) ends in exactly one of `finished`, `stopped`, `dropped` or
 `error`. Requests rejected before queueing (unknown voice, duplicate id) get a lone `error`.
+Each end is logged as one key=value line (`log_outcome`): id, outcome, latency, RTF, durations.
+
+Engine faults (an exception, MemoryError or a CUDA out-of-memory error) fail that request only
+(`error`, code `out_of_memory` or `synthesis_failed`): its generator is closed at once so the
+engine releases its lock and per-request buffers, and the next request is synthesised normally.
+
+A request is spoken sentence by sentence (`tts.text.split_sentences`) into one Playback: while
+the player plays sentence n, the synthesis thread is already producing sentence n+1, and the
+request still gets one `started` and one `finished`. A stop or cancel is seen between chunks and
+between sentences, so the engine is free again within one chunk. With a phrase cache, a sentence
+heard before is played from disk instead of synthesised (`cached` in `started`/`finished`).
+
+With `dedupe`, a request whose text and voice equal those of a queued one is dropped at once
+(`dropped`, reason `duplicate`, `duplicate_of` naming the queued one); interrupts are never
+deduplicated.
 
 Order: high before normal before low, first come first served within a priority. A request with
 `interrupt: true` goes to the head of the queue and cuts the current one (`stopped`, reason
@@ -19,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import threading
 import time
@@ -32,9 +48,13 @@ import numpy.typing as npt
 
 from daemon.config import SpeechConfig
 from daemon.errors import AudioDeviceError
+from daemon.loudness import Leveller
 from daemon.messages import PRIORITIES, Event, SayRequest, error_event
+from daemon.phrase_cache import PhraseCache
 from daemon.player import Playback, Player
+from daemon.ratelimit import RateLimiter
 from tts.errors import SynthesisError, UnknownVoice
+from tts.text import normalize, split_sentences
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +85,22 @@ class SpeechEngine(Protocol):
 
 EmitFn = Callable[[Event], None]
 T = TypeVar("T")
+
+
+def log_outcome(level: int, request_id: str | None, outcome: str, **fields: object) -> None:
+    """The one log line per request: `request <id> <outcome>: key=value ...` (None values omitted)."""
+    details = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+    _LOGGER.log(level, "request %s %s: %s", request_id, outcome, details)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError or torch's OutOfMemoryError (also as a cause), recognised without importing torch."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError) or type(seen).__name__ == "OutOfMemoryError":
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class QueueFull(Exception):
@@ -148,6 +184,9 @@ class _Active:
     stop_reason: str | None = None  # set by stop/stop_all/interrupt/shutdown
     first_audio_ms: float | None = None
     ended: bool = False  # its end event has been emitted
+    sentences: int = 0  # sentences handed to the player so far
+    cached: int = 0  # ... of which came from the phrase cache
+    first_cached: bool = False  # the first sentence came from the phrase cache
 
 
 def _shielded(future: concurrent.futures.Future[T]) -> asyncio.Future[T]:
@@ -165,11 +204,21 @@ class SpeechService:
         config: SpeechConfig,
         emit: EmitFn,
         on_speaking: Callable[[bool], None] | None = None,
+        *,
+        default_voice: str = "default",
+        cache: PhraseCache | None = None,
+        leveller: Leveller | None = None,
     ) -> None:
         self._engine = engine
         self._player = player
         self._emit = emit
         self._on_speaking = on_speaking
+        self._config = config
+        self._rate_limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+        # The voice of requests that name none; `<base>/voice/set` may change it at run time.
+        self.default_voice = default_voice
+        self._cache = cache
+        self._leveller = leveller
         self._queue = RequestQueue(config.queue_size)
         self._wakeup = asyncio.Event()
         self._current: _Active | None = None
@@ -180,7 +229,18 @@ class SpeechService:
     # --- control, called on the event loop ------------------------------------------------------
 
     def submit(self, request: SayRequest) -> bool:
-        """Queue a request (emits `queued`) or reject it (emits `error`/`dropped`); True if queued."""
+        """Queue a request (emits `queued`) or reject it (emits `error`/`dropped`); True if queued.
+
+        Rate limit first: per `request.client`, else one bucket per source (mqtt, hermes).
+        """
+        if not self._rate_limiter.allow(request.client or request.source):
+            sender = f"client {request.client!r}" if request.client else f"{request.source} senders without 'client'"
+            return self._reject(
+                request,
+                "rate_limited",
+                f"more than {self._config.rate_limit_per_s:g} requests/s (bursts of "
+                f"{self._config.rate_limit_burst}) from {sender} (speech.rate_limit_per_s)",
+            )
         if request.voice is not None and request.voice not in self._engine.voices:
             known = ", ".join(self._engine.voices)
             return self._reject(
@@ -192,16 +252,25 @@ class SpeechService:
             return self._reject(
                 request, "duplicate_id", f"a request with id {request.id!r} is already queued or speaking"
             )
+        if self._config.dedupe and not request.interrupt:
+            voice = self._voice_of(request)
+            twin = next(
+                (r for r in self._queue if r.text == request.text and self._voice_of(r) == voice), None
+            )
+            if twin is not None:
+                self._emit(Event("dropped", request.id, {"reason": "duplicate", "duplicate_of": twin.id}))
+                _LOGGER.info("request %s dropped: same text as queued request %s", request.id, twin.id)
+                return False
         try:
             evicted = self._queue.push(request)
         except QueueFull:
             self._emit(Event("dropped", request.id, {"reason": "queue_full"}))
-            _LOGGER.warning("request %s dropped: queue full (%d waiting)", request.id, len(self._queue))
+            log_outcome(logging.WARNING, request.id, "dropped", reason="queue_full", queued=len(self._queue))
             return False
         self._emit(Event("queued", request.id, {"position": self._queue.position(request.id)}))
         if evicted is not None:
             self._emit(Event("dropped", evicted.id, {"reason": "queue_full"}))
-            _LOGGER.warning("request %s dropped: queue full, evicted by %s", evicted.id, request.id)
+            log_outcome(logging.WARNING, evicted.id, "dropped", reason="queue_full", evicted_by=request.id)
         if request.interrupt and self._current is not None:
             self._cancel(self._current, "interrupted")
         self._wakeup.set()
@@ -233,6 +302,9 @@ class SpeechService:
     def queued(self) -> int:
         return len(self._queue)
 
+    def _voice_of(self, request: SayRequest) -> str:
+        return request.voice or self.default_voice
+
     def _cancel(self, active: _Active, reason: str) -> None:
         if active.stop_reason is None:
             active.stop_reason = reason
@@ -242,7 +314,7 @@ class SpeechService:
 
     def _reject(self, request: SayRequest, code: str, message: str) -> bool:
         self._emit(error_event(request.id, code, message))
-        _LOGGER.warning("request %s rejected: %s", request.id, message)
+        log_outcome(logging.WARNING, request.id, "error", code=code, message=repr(message))
         return False
 
     # --- the worker -------------------------------------------------------------------------------
@@ -307,28 +379,71 @@ class SpeechService:
             synth_s = await asyncio.shield(synth)
         except UnknownVoice as exc:
             self._end_with_error(active, "unknown_voice", str(exc))
-        except SynthesisError as exc:
-            self._end_with_error(active, "synthesis_failed", f"synthesis failed: {exc}")
         except Exception as exc:
-            _LOGGER.exception("request %s: engine raised %s", active.request.id, type(exc).__name__)
-            self._end_with_error(active, "synthesis_failed", f"synthesis failed: {type(exc).__name__}: {exc}")
+            if is_out_of_memory(exc):
+                gc.collect()  # the failed request's tensors are unreachable now; give them back
+                self._end_with_error(active, "out_of_memory", f"synthesis ran out of memory: {exc}")
+            elif isinstance(exc, SynthesisError):
+                self._end_with_error(active, "synthesis_failed", f"synthesis failed: {exc}")
+            else:
+                _LOGGER.exception("request %s: engine raised %s", active.request.id, type(exc).__name__)
+                self._end_with_error(
+                    active, "synthesis_failed", f"synthesis failed: {type(exc).__name__}: {exc}"
+                )
         else:
             self._end_finished(active, result.samples, synth_s)
 
     def _synthesize(self, active: _Active, playback: Playback) -> float:
-        """On the synthesis thread: stream the engine into the playback; returns synthesis wall time."""
+        """On the synthesis thread: speak the request sentence by sentence into one playback.
+
+        Returns the synthesis wall time. Chunks are handed to the player as they come, so the
+        next sentence is synthesised while the previous one plays.
+        """
         started = time.perf_counter()
+        request = active.request
+        voice = self._voice_of(request)
+        sentences = split_sentences(request.text, self._config.max_sentence_chars) or [request.text]
         try:
-            for chunk in self._engine.stream(active.request.text, active.request.voice, active.cancel):
+            for sentence in sentences:
                 if active.cancel.is_set():
                     break
-                playback.feed(chunk)
+                self._speak_sentence(active, playback, sentence, voice)
         except BaseException:
             playback.stop()  # cut the audio of a failed request; the worker reports the error
             raise
         synth_s = time.perf_counter() - started
         playback.end()
         return synth_s
+
+    def _speak_sentence(self, active: _Active, playback: Playback, sentence: str, voice: str) -> None:
+        cache = self._cache
+        key = cache.key(normalize(sentence), voice) if cache is not None else None
+        if cache is not None and key is not None:
+            audio = cache.get(key)
+            if audio is not None:
+                active.first_cached = active.first_cached or active.sentences == 0
+                active.sentences += 1
+                active.cached += 1
+                playback.feed(audio)
+                return
+        active.sentences += 1
+        parts: list[npt.NDArray[np.float32]] = []
+        chunks = self._engine.stream(sentence, voice, active.cancel)
+        try:
+            for chunk in chunks:
+                if active.cancel.is_set():
+                    return
+                if self._leveller is not None:
+                    chunk = self._leveller.process(voice, chunk)
+                playback.feed(chunk)
+                if key is not None:
+                    parts.append(chunk)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # a generator left early releases the engine now, not when collected
+        if cache is not None and key is not None and parts and not active.cancel.is_set():
+            cache.put(key, np.concatenate(parts))
 
     async def _drain(self, synth: asyncio.Future[float]) -> None:
         """Wait for a cancelled or failed synthesis to return (the next request needs the engine)."""
@@ -361,7 +476,13 @@ class SpeechService:
             return
         active.first_audio_ms = round((at - active.request.received_at) * 1000.0, 1)
         self._set_speaking(True)
-        self._emit(Event("started", active.request.id, {"first_audio_ms": active.first_audio_ms}))
+        self._emit(
+            Event(
+                "started",
+                active.request.id,
+                {"first_audio_ms": active.first_audio_ms, "cached": active.first_cached},
+            )
+        )
 
     def _ensure_started(self, active: _Active) -> None:
         # The player thread's started callback is queued on the loop before the playback result,
@@ -384,16 +505,21 @@ class SpeechService:
                     "synth_s": round(synth_s, 3),
                     "rtf": rtf,
                     "first_audio_ms": active.first_audio_ms,
+                    "sentences": active.sentences,
+                    "cached": active.sentences > 0 and active.cached == active.sentences,
                 },
             )
         )
-        _LOGGER.info(
-            "request %s finished: first_audio_ms=%s rtf=%s audio_s=%.2f synth_s=%.2f",
+        log_outcome(
+            logging.INFO,
             active.request.id,
-            active.first_audio_ms,
-            rtf,
-            audio_s,
-            synth_s,
+            "finished",
+            first_audio_ms=active.first_audio_ms,
+            rtf=rtf,
+            audio_s=round(audio_s, 3),
+            synth_s=round(synth_s, 3),
+            chars=len(active.request.text),
+            client=active.request.client,
         )
 
     def _end_stopped(self, active: _Active, samples: int, reason: str) -> None:
@@ -405,24 +531,28 @@ class SpeechService:
         self, request: SayRequest, audio_s: float, reason: str, first_audio_ms: float | None = None
     ) -> None:
         self._emit(Event("stopped", request.id, {"audio_s": round(audio_s, 3), "reason": reason}))
-        _LOGGER.info(
-            "request %s stopped (%s): first_audio_ms=%s rtf=None audio_s=%.2f",
+        log_outcome(
+            logging.INFO,
             request.id,
-            reason,
-            first_audio_ms,
-            audio_s,
+            "stopped",
+            reason=reason,
+            first_audio_ms=first_audio_ms,
+            audio_s=round(audio_s, 3),
+            client=request.client,
         )
 
     def _end_with_error(self, active: _Active, code: str, message: str) -> None:
         self._ensure_started(active)
         active.ended = True
         self._emit(error_event(active.request.id, code, message))
-        _LOGGER.error(
-            "request %s error %s: %s (first_audio_ms=%s)",
+        log_outcome(
+            logging.ERROR,
             active.request.id,
-            code,
-            message,
-            active.first_audio_ms,
+            "error",
+            code=code,
+            first_audio_ms=active.first_audio_ms,
+            client=active.request.client,
+            message=repr(message),
         )
 
     def _set_speaking(self, speaking: bool) -> None:

@@ -5,6 +5,9 @@ Reuse them from any test module (pytest finds them here):
 * `mosquitto` -> `Broker`: a private `mosquitto` on a free loopback port, anonymous access, no
   persistence, fresh per test (no retained messages leak between tests). `broker.host`,
   `broker.port`; `broker.stop()` / `broker.start()` restart it on the same port (outage tests).
+  `Broker(workdir, persistence=True, extra_config=...)` builds variants (sessions kept across
+  restarts; password files, TLS listeners): files the broker reads go in `broker.state_dir`,
+  which belongs to the user mosquitto runs as (started as root, it drops to `mosquitto`).
 * `alsa_capture` -> `AlsaCapture`: an ALSA config in a per-test `XDG_CONFIG_HOME` whose default
   PCM converts anything to S16_LE 24000 Hz mono and writes it raw to `capture.raw_path` (the
   `null` slave discards it afterwards; no sound card needed, and writes are not paced).
@@ -22,6 +25,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,11 +75,23 @@ def read_raw_int16(path: Path) -> npt.NDArray[np.int16]:
 class Broker:
     """A mosquitto process on 127.0.0.1:port; see the module docstring."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        persistence: bool = False,
+        extra_config: str = "allow_anonymous true\n",
+        state_dir: Path | None = None,
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.state_dir = state_dir if state_dir is not None else workdir
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {self.state_dir}/", "autosave_interval 1"]
+        else:
+            lines.append("persistence false")
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.config.write_text("\n".join(lines) + "\n" + extra_config)
         self.log = workdir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -104,6 +120,24 @@ class Broker:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+
+@pytest.fixture
+def broker_state_dir() -> Iterator[Path]:
+    """A folder the broker can read and write after dropping root (pytest's tmp is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="chatterd-mosquitto-"))
+    if os.geteuid() == 0:
+        shutil.chown(path, "mosquitto", "mosquitto")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def give_to_broker(path: Path) -> None:
+    """Make a file in `broker_state_dir` readable by mosquitto's own user."""
+    if os.geteuid() == 0:
+        shutil.chown(path, "mosquitto", "mosquitto")
 
 
 @pytest.fixture

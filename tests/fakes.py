@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +21,11 @@ GHOST_VOICE = "ghost"  # listed in `voices` but unknown to stream(): exercises t
 class FakeEngine:
     """Yields one `chunk_s` chunk of a 440 Hz sine (amplitude 0.5) per word, sleeping `delay_s` first.
 
-    Honors `cancel` between chunks; records every call's text in `calls` and the number of chunks
-    each call yielded in `yielded`.
+    Honors `cancel` between chunks; records every call's text in `calls`, its voice in `voices_used`,
+    the number of chunks each call yielded in `yielded`, and when each call returned (or raised)
+    in `returned_at` (time.monotonic()); `running` is True while a call is in progress.
+    `first_delay_s` is slept once per call before the first chunk (a model's time to first audio);
+    `amplitudes` gives a voice its own sine amplitude (loudness differences between voices).
     """
 
     def __init__(
@@ -30,6 +34,8 @@ class FakeEngine:
         chunk_s: float = 0.05,
         delay_s: float = 0.002,
         voices: tuple[str, ...] = ("default", "alice", GHOST_VOICE),
+        first_delay_s: float = 0.0,
+        amplitudes: dict[str, float] | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.voices = voices
@@ -38,6 +44,17 @@ class FakeEngine:
         self.calls: list[str] = []
         self.yielded: list[int] = []
         self.cancelled: list[bool] = []
+        self.voices_used: list[str | None] = []
+        self.returned_at: list[float] = []
+        self.running = False
+        self.first_delay_s = first_delay_s
+        self.amplitudes = amplitudes or {}
+        self.warmed = 0
+
+    def warm_up(self) -> float:
+        """Nothing to compile; counts the calls (`warmed`) like the real engine's readiness flag."""
+        self.warmed += 1
+        return 0.0
 
     def chunk_samples(self) -> int:
         return int(self.sample_rate * self.chunk_s)
@@ -49,14 +66,26 @@ class FakeEngine:
         self, text: str, voice: str | None = None, cancel: threading.Event | None = None
     ) -> Iterator[npt.NDArray[np.float32]]:
         self.calls.append(text)
+        self.voices_used.append(voice)
         self.yielded.append(0)
         self.cancelled.append(False)
-        index = len(self.calls) - 1
+        self.running = True
+        try:
+            yield from self._stream(text, voice, cancel, len(self.calls) - 1)
+        finally:
+            self.running = False
+            self.returned_at.append(time.monotonic())
+
+    def _stream(
+        self, text: str, voice: str | None, cancel: threading.Event | None, index: int
+    ) -> Iterator[npt.NDArray[np.float32]]:
         if voice == GHOST_VOICE:
             raise UnknownVoice(voice, tuple(v for v in self.voices if v != GHOST_VOICE))
         if CRASH in text:
             raise RuntimeError("engine crashed")
         n = self.chunk_samples()
+        amplitude = self.amplitudes.get(voice or "default", 0.5)
+        time.sleep(self.first_delay_s)
         for word in range(len(text.split())):
             time.sleep(self.delay_s)
             if cancel is not None and cancel.is_set():
@@ -65,7 +94,7 @@ class FakeEngine:
             if word == 1 and FAIL in text:
                 raise SynthesisError("vocoder stage failed")
             t = (np.arange(n) + word * n) / self.sample_rate
-            yield (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+            yield (amplitude * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
             self.yielded[index] += 1
 
 
@@ -90,3 +119,47 @@ class PacedSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FaultyEngine:
+    """Wraps any engine and injects a fault into the requests whose text contains `marker`.
+
+    The fault (an exception instance, e.g. MemoryError()) is raised after `after_chunks` chunks
+    of the wrapped engine's real stream, which is closed first, as a failing engine would leave
+    it. Everything else passes through; `injected` counts the faults raised.
+    """
+
+    def __init__(self, inner: Any, marker: str, fault: BaseException, after_chunks: int = 1) -> None:
+        self.inner = inner
+        self.marker = marker
+        self.fault = fault
+        self.after_chunks = after_chunks
+        self.injected = 0
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.inner.sample_rate)
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        return tuple(self.inner.voices)
+
+    def warm_up(self) -> float:
+        return float(self.inner.warm_up())
+
+    def stream(
+        self, text: str, voice: str | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[npt.NDArray[np.float32]]:
+        chunks = self.inner.stream(text, voice, cancel)
+        if self.marker not in text:
+            yield from chunks
+            return
+        try:
+            for index, chunk in enumerate(chunks):
+                if index == self.after_chunks:
+                    break
+                yield chunk
+        finally:
+            chunks.close()
+        self.injected += 1
+        raise self.fault

@@ -34,10 +34,16 @@ def test_default_yaml_mentions_every_field() -> None:
     import dataclasses
 
     text = (REPO / "configs" / "default.yaml").read_text()
+    def check(value: object, where: str, indent: str) -> None:
+        for key in dataclasses.fields(value):  # type: ignore[arg-type]
+            assert f"\n{indent}{key.name}:" in text, f"{where}{key.name} missing from default.yaml"
+            inner = getattr(value, key.name)
+            if dataclasses.is_dataclass(inner):
+                check(inner, f"{where}{key.name}.", indent + "  ")
+
     for section in dataclasses.fields(Config):
         assert f"\n{section.name}:\n" in text
-        for key in dataclasses.fields(getattr(Config(), section.name)):
-            assert f"\n  {key.name}:" in text, f"{section.name}.{key.name} missing from default.yaml"
+        check(getattr(Config(), section.name), f"{section.name}.", "  ")
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:

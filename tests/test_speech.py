@@ -141,7 +141,7 @@ async def test_stop_all_cuts_the_current_request_and_clears_the_queue(harness: H
     h = harness(engine, PacedSink(engine.sample_rate))
     h.say("w " * 40, "a")
     h.say("w w", "b")
-    h.say("w w", "c")
+    h.say("w w w", "c")
     await h.event("started", "a")
     h.service.stop_all()
     for request_id in ("a", "b", "c"):
@@ -152,7 +152,7 @@ async def test_stop_all_cuts_the_current_request_and_clears_the_queue(harness: H
     assert h.names("b") == ["queued", "stopped"]
     await h.idle()
     assert engine.cancelled[0] and engine.yielded[0] < 40  # synthesis stopped too, not only the audio
-    assert engine.calls == ["w " * 40]  # b and c were never synthesised
+    assert engine.calls == [("w " * 40).strip()]  # b and c were never synthesised
     h.say("after the stop", "d")
     assert (await h.end_of("d")).event == "finished"
 
@@ -169,7 +169,7 @@ async def test_stop_by_id_cancels_a_queued_or_speaking_request(harness: HarnessF
     assert h.service.stop("a")
     assert (await h.end_of("a")).event == "stopped"
     assert (await h.end_of("c")).event == "finished"
-    assert engine.calls == ["w " * 40, "next one"]
+    assert engine.calls == [("w " * 40).strip(), "next one"]
 
 
 async def test_stop_of_an_unknown_id_is_an_error_event(harness: HarnessFactory) -> None:

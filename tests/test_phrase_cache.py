@@ -1,0 +1,76 @@
+"""The phrase cache: exact round trip, LRU eviction within the size bound, keys that change."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from daemon.phrase_cache import PhraseCache, identity_of
+from daemon.player import to_int16
+from tts.config import TTSConfig
+
+RATE = 24000
+
+
+def tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (amplitude * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+
+
+def test_round_trip_plays_the_same_samples(tmp_path: Path) -> None:
+    cache = PhraseCache(tmp_path, 10_000_000, RATE, "id")
+    key = cache.key("Hello.", "default")
+    assert cache.get(key) is None
+    audio = tone(0.5)
+    cache.put(key, audio)
+    again = PhraseCache(tmp_path, 10_000_000, RATE, "id")  # survives a restart
+    got = again.get(key)
+    assert got is not None and np.array_equal(to_int16(got), to_int16(audio))
+
+
+def test_least_recently_used_phrases_are_evicted(tmp_path: Path) -> None:
+    one_s = 2 * RATE + 44  # bytes of a 1 s entry
+    cache = PhraseCache(tmp_path, 3 * one_s, RATE, "id")
+    keys = [cache.key(f"Phrase {i}.", "default") for i in range(4)]
+    for i, key in enumerate(keys[:3]):
+        cache.put(key, tone(1.0))
+        os.utime(tmp_path / f"{key}.wav", (time.time() - 100 + i, time.time() - 100 + i))
+    cache = PhraseCache(tmp_path, 3 * one_s, RATE, "id")  # re-index with those ages
+    assert cache.get(keys[0]) is not None  # now the most recently used
+    cache.put(keys[3], tone(1.0))
+    assert cache.size_bytes <= 3 * one_s and len(cache) == 3
+    assert cache.get(keys[1]) is None  # the least recently used went
+    assert all(cache.get(k) is not None for k in (keys[0], keys[2], keys[3]))
+    assert not (tmp_path / f"{keys[1]}.wav").exists()
+
+
+def test_key_depends_on_text_voice_and_identity(tmp_path: Path) -> None:
+    cache = PhraseCache(tmp_path, 1_000_000, RATE, "model-a")
+    other = PhraseCache(tmp_path, 1_000_000, RATE, "model-b")
+    assert cache.key("Hi.", "default") == cache.key("Hi.", "default")
+    assert len({cache.key("Hi.", "default"), cache.key("Hi!", "default"), cache.key("Hi.", "alice"),
+                other.key("Hi.", "default")}) == 4
+
+
+def test_identity_follows_audible_settings_and_voice_files(tmp_path: Path) -> None:
+    wav = tmp_path / "alice.wav"
+    wav.write_bytes(b"first recording")
+    base = TTSConfig(voices={"alice": str(wav)})
+    assert identity_of(base) == identity_of(dataclasses.replace(base, threads=2, compile=True))
+    assert identity_of(base) != identity_of(dataclasses.replace(base, temperature=0.5))
+    assert identity_of(base) != identity_of(dataclasses.replace(base, checkpoint="someone/else"))
+    before = identity_of(base)
+    wav.write_bytes(b"another recording")
+    assert identity_of(base) != before
+
+
+def test_unreadable_entry_is_dropped(tmp_path: Path) -> None:
+    cache = PhraseCache(tmp_path, 1_000_000, RATE, "id")
+    key = cache.key("Broken.", "default")
+    cache.put(key, tone(0.2))
+    (tmp_path / f"{key}.wav").write_bytes(b"not a wav")
+    assert cache.get(key) is None and len(cache) == 0
