@@ -1,8 +1,13 @@
-"""An in-process daemon against a real broker, and an MQTT client that watches it.
+"""An in-process daemon against a real broker, and MQTT clients that watch it.
 
+* `listening(broker, topic_filter, base=..., timeout=..., client_id=...)` -> `Listener`: a client
+  subscribed to `topic_filter` that records every message as a `Received` (topic, payload, retain,
+  arrival time). With a `client_id` it keeps a persistent session and reconnects through broker
+  outages. Helpers: `wait_for`, `until`, `event`, `end_of`, `events`, `ends`, `names`, `states`,
+  `on`, `publish`, `say`; `base` is the site's topic prefix, `timeout` the default wait.
+* `collecting(broker)` -> `Listener`: everything under `<base>/#` for site `res`, through its own
+  persistent session, across outages.
 * `running(config, engine, sink)`: `app.run` as a task, cancelled (clean shutdown) on exit.
-* `collecting(broker)` -> `Collector`: records everything under `<base>/#` through its own
-  persistent session and reconnects through broker outages; `until`, `end_of`, `ends`.
 * `make_config`, `publish`, `online_at`: the config for site `res`, a QoS 1 publisher, and the
   `online` status messages seen (with their retain flag: a live one marks a (re)connect).
 """
@@ -14,7 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,70 +28,183 @@ from conftest import Broker
 
 from daemon import app
 from daemon.config import Config, config_from_dict
-from daemon.messages import END_EVENTS
 from daemon.player import Sink
 from daemon.speech import SpeechEngine
 
 SITE = "res"
 BASE = f"chatterd/{SITE}"
 TIMEOUT = 20.0
+END_EVENTS = ("finished", "stopped", "dropped", "error")
+# Topics `Listener.publish` sends as given rather than under `<base>/`.
+FOREIGN_PREFIXES = ("hermes/", "homeassistant/")
 
 
-@dataclass
-class Collector:
-    """Records everything under `<base>/#` through its own persistent session, across outages."""
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    at: float  # time.monotonic() on arrival
 
-    broker: Broker
-    client_id: str = "test-collector"
-    received: list[tuple[str, bytes, bool, float]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.payload)  # type: ignore[no-any-return]
 
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, identifier=self.client_id, clean_session=False
-                ) as client:
-                    await client.subscribe(f"{BASE}/#", qos=1)
-                    self.connected.set()
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else b""
-                        self.received.append((message.topic.value, payload, message.retain, time.monotonic()))
-                        self.changed.set()
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                await asyncio.sleep(0.05)
 
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(p) for t, p, _, _ in self.received if t == f"{BASE}/event"]
+class Listener:
+    """Records every message its client receives, with its arrival time; waits over them.
+
+    `base` is the site's topic prefix (`chatterd/<site>`) the helpers read events and states
+    under; `timeout` is the default for every wait.
+    """
+
+    def __init__(self, base: str = BASE, timeout: float = TIMEOUT) -> None:
+        self.base = base
+        self.timeout = timeout
+        self._client: aiomqtt.Client | None = None
+        self.received: list[Received] = []
+        self._changed = asyncio.Event()
+
+    @property
+    def client(self) -> aiomqtt.Client:
+        """The current connection (the latest one, for a reconnecting listener)."""
+        assert self._client is not None, "not connected"
+        return self._client
+
+    async def read(self, client: aiomqtt.Client) -> None:
+        """Record what `client` receives until its connection ends."""
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            self.received.append(Received(message.topic.value, payload, message.retain, time.monotonic()))
+            self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[Received], bool], timeout: float | None = None) -> Received:
+        """The first message received (so far or later) that `predicate` accepts."""
+
+        async def scan() -> Received:
+            while True:
+                for item in self.received:
+                    if predicate(item):
+                        return item
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(scan(), self.timeout if timeout is None else timeout)
+
+    async def until(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
+        """Wait until `condition()` holds over what has been received."""
+
+        async def scan() -> None:
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(scan(), self.timeout if timeout is None else timeout)
+
+    def _is_event(self, r: Received) -> bool:
+        return r.topic == f"{self.base}/event"
+
+    async def event(self, name: str, request_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """The first `name` event (of `request_id`, or of any request when None)."""
+        item = await self.wait_for(
+            lambda r: (
+                self._is_event(r)
+                and r.json()["event"] == name
+                and (request_id is None or r.json()["id"] == request_id)
+            ),
+            timeout,
+        )
+        return item.json()
+
+    async def end_of(self, request_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The first end event (finished, stopped, dropped, error) of `request_id`."""
+        item = await self.wait_for(
+            lambda r: self._is_event(r) and r.json()["id"] == request_id and r.json()["event"] in END_EVENTS,
+            timeout,
+        )
+        return item.json()
+
+    def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        found = [r.json() for r in self.received if self._is_event(r)]
+        return [e for e in found if request_id is None or e["id"] == request_id]
 
     def ends(self, request_id: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e["id"] == request_id and e["event"] in END_EVENTS]
 
-    async def until(self, condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        async def scan() -> None:
-            while not condition():
-                self.changed.clear()
-                await self.changed.wait()
+    def names(self, request_id: str) -> list[str]:
+        return [e["event"] for e in self.events(request_id)]
 
-        await asyncio.wait_for(scan(), timeout)
+    def states(self, topic: str) -> list[str]:
+        """Payloads received on `<base>/<topic>`, decoded."""
+        return [r.payload.decode() for r in self.received if r.topic == f"{self.base}/{topic}"]
 
-    async def end_of(self, request_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        await self.until(lambda: bool(self.ends(request_id)), timeout)
-        return self.ends(request_id)[0]
+    def on(self, topic: str) -> list[Received]:
+        """Messages received on the full `topic`."""
+        return [r for r in self.received if r.topic == topic]
+
+    async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """QoS 1 to `<base>/<topic>`, or to `topic` itself for Hermes and Home Assistant topics."""
+        full = topic if topic.startswith(FOREIGN_PREFIXES) else f"{self.base}/{topic}"
+        await self.client.publish(full, payload, qos=1, retain=retain)
+
+    async def say(self, text: str, request_id: str, **fields: Any) -> None:
+        await self.publish("say", json.dumps({"text": text, "id": request_id, **fields}))
+
+    async def follow(self, broker: Broker, topic_filter: str, client_id: str, connected: asyncio.Event) -> None:
+        """Record through a persistent session, reconnecting whenever the connection is lost."""
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    broker.host, broker.port, identifier=client_id, clean_session=False
+                ) as client:
+                    await client.subscribe(topic_filter, qos=1)
+                    self._client = client
+                    connected.set()
+                    await self.read(client)
+            except aiomqtt.MqttError:
+                connected.clear()
+                await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
-async def collecting(broker: Broker, client_id: str = "test-collector") -> AsyncIterator[Collector]:
-    collector = Collector(broker, client_id)
-    task = asyncio.create_task(collector.run())
+async def listening(
+    broker: Broker,
+    topic_filter: str,
+    *,
+    base: str = BASE,
+    timeout: float = TIMEOUT,
+    client_id: str | None = None,
+) -> AsyncIterator[Listener]:
+    """A `Listener` subscribed (QoS 1) to `topic_filter` for the body of the `async with`.
+
+    Without `client_id`: one clean-session connection, made and subscribed before the body runs.
+    With `client_id`: a persistent session that reconnects through broker outages; the body runs
+    once the first connection is subscribed (within `timeout`).
+    """
+    listener = Listener(base, timeout)
+    if client_id is None:
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.subscribe(topic_filter, qos=1)
+            listener._client = client
+            reader = asyncio.create_task(listener.read(client))
+            try:
+                yield listener
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        return
+    connected = asyncio.Event()
+    task = asyncio.create_task(listener.follow(broker, topic_filter, client_id, connected))
     try:
-        await asyncio.wait_for(collector.connected.wait(), TIMEOUT)
-        yield collector
+        await asyncio.wait_for(connected.wait(), timeout)
+        yield listener
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def collecting(broker: Broker, client_id: str = "test-collector") -> contextlib.AbstractAsyncContextManager[Listener]:
+    """Everything under `<base>/#` (site `res`) through its own persistent session, across outages."""
+    return listening(broker, f"{BASE}/#", client_id=client_id)
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +234,6 @@ async def publish(broker: Broker, messages: list[tuple[str, str | bytes]], **cli
             await publisher.publish(f"{BASE}/{topic}", payload, qos=1)
 
 
-def online_at(collector: Collector) -> list[tuple[float, bool]]:
+def online_at(collector: Listener) -> list[tuple[float, bool]]:
     """(time, retained) of every `online` the collector saw on the status topic."""
-    return [(at, retain) for t, p, retain, at in collector.received if t == f"{BASE}/status" and p == b"online"]
+    return [(r.at, r.retain) for r in collector.received if r.topic == f"{BASE}/status" and r.payload == b"online"]

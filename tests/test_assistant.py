@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import numpy.typing as npt
 import pytest
 from conftest import Broker
 from fakes import FAIL, FakeEngine, PacedSink
+from harness import END_EVENTS, Listener, Received, listening
 
 from daemon import app
 from daemon.config import config_from_dict
@@ -32,91 +32,11 @@ from daemon.loudness import dbfs, voiced_level
 SITE = "assist"
 BASE = f"chatterd/{SITE}"
 TIMEOUT = 15.0
-END_EVENTS = ("finished", "stopped", "dropped", "error")
 
 
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-    at: float
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.payload)  # type: ignore[no-any-return]
-
-
-class Listener:
+def listen(broker: Broker) -> contextlib.AbstractAsyncContextManager[Listener]:
     """An MQTT client subscribed to `#`: records every message with its arrival time."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.received: list[Received] = []
-        self._changed = asyncio.Event()
-
-    async def read(self) -> None:
-        async for message in self.client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            self.received.append(Received(message.topic.value, payload, message.retain, time.monotonic()))
-            self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[Received], bool], timeout: float = TIMEOUT) -> Received:
-        async def scan() -> Received:
-            while True:
-                for item in self.received:
-                    if predicate(item):
-                        return item
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(scan(), timeout)
-
-    def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        found = [r.json() for r in self.received if r.topic == f"{BASE}/event"]
-        return [e for e in found if request_id is None or e["id"] == request_id]
-
-    def names(self, request_id: str) -> list[str]:
-        return [e["event"] for e in self.events(request_id)]
-
-    async def event(self, name: str, request_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        item = await self.wait_for(
-            lambda r: r.topic == f"{BASE}/event"
-            and (r.json()["event"], r.json()["id"]) == (name, request_id),
-            timeout,
-        )
-        return item.json()
-
-    async def end_of(self, request_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        item = await self.wait_for(
-            lambda r: r.topic == f"{BASE}/event"
-            and r.json()["id"] == request_id
-            and r.json()["event"] in END_EVENTS,
-            timeout,
-        )
-        return item.json()
-
-    def on(self, topic: str) -> list[Received]:
-        return [r for r in self.received if r.topic == topic]
-
-    async def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
-        full = topic if topic.startswith(("hermes/", "homeassistant/")) else f"{BASE}/{topic}"
-        await self.client.publish(full, payload, qos=1, retain=retain)
-
-    async def say(self, text: str, request_id: str, **fields: Any) -> None:
-        await self.publish("say", json.dumps({"text": text, "id": request_id, **fields}))
-
-
-@contextlib.asynccontextmanager
-async def listen(broker: Broker) -> AsyncIterator[Listener]:
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe("#", qos=1)
-        listener = Listener(client)
-        reader = asyncio.create_task(listener.read())
-        try:
-            yield listener
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    return listening(broker, "#", base=BASE, timeout=TIMEOUT)
 
 
 class TimedSink(PacedSink):

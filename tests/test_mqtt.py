@@ -10,16 +10,16 @@ import signal
 import subprocess
 import sys
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 from conftest import Broker
 from fakes import FakeEngine
+from harness import Listener, listening
 
 from daemon import app
 from daemon.config import Config, MqttConfig, config_from_dict
@@ -31,86 +31,9 @@ BASE = f"chatterd/{SITE}"
 TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-
-    def event(self) -> dict[str, Any]:
-        return json.loads(self.payload)  # type: ignore[no-any-return]
-
-
-class Listener:
+def listen(broker: Broker) -> contextlib.AbstractAsyncContextManager[Listener]:
     """A plain MQTT client subscribed to `<base>/#`, recording everything it receives."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.received: list[Received] = []
-        self._changed = asyncio.Event()
-
-    async def read(self) -> None:
-        async for message in self.client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            self.received.append(Received(message.topic.value, payload, message.retain))
-            self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[Received], bool]) -> Received:
-        async def scan() -> Received:
-            while True:
-                for item in self.received:
-                    if predicate(item):
-                        return item
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(scan(), TIMEOUT)
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        """Wait until `condition()` holds over what has been received."""
-        await self.wait_for(lambda _: condition())
-
-    async def event(self, name: str, request_id: str | None = None) -> dict[str, Any]:
-        item = await self.wait_for(
-            lambda r: (
-                r.topic == f"{BASE}/event"
-                and r.event()["event"] == name
-                and (request_id is None or r.event()["id"] == request_id)
-            )
-        )
-        return item.event()
-
-    async def end_of(self, request_id: str) -> dict[str, Any]:
-        item = await self.wait_for(
-            lambda r: (
-                r.topic == f"{BASE}/event"
-                and r.event()["id"] == request_id
-                and r.event()["event"] in ("finished", "stopped", "dropped", "error")
-            )
-        )
-        return item.event()
-
-    def events(self) -> list[dict[str, Any]]:
-        return [r.event() for r in self.received if r.topic == f"{BASE}/event"]
-
-    def states(self, topic: str) -> list[str]:
-        return [r.payload.decode() for r in self.received if r.topic == f"{BASE}/{topic}"]
-
-    async def publish(self, topic: str, payload: bytes | str) -> None:
-        await self.client.publish(f"{BASE}/{topic}", payload, qos=1)
-
-
-@contextlib.asynccontextmanager
-async def listen(broker: Broker) -> AsyncIterator[Listener]:
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe(f"{BASE}/#", qos=1)
-        listener = Listener(client)
-        reader = asyncio.create_task(listener.read())
-        try:
-            yield listener
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    return listening(broker, f"{BASE}/#", base=BASE, timeout=TIMEOUT)
 
 
 @pytest.fixture

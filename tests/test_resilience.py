@@ -71,7 +71,7 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
             for request_id in ["long"] + [f"after-{i}" for i in range(5)]:
                 assert len(collector.ends(request_id)) == 1
             # The retained state was published again after the reconnect, and it is right.
-            speaking = [(p, at) for t, p, _, at in collector.received if t == f"{BASE}/speaking"]
+            speaking = [(r.payload, r.at) for r in collector.received if r.topic == f"{BASE}/speaking"]
             assert any(at > reconnects[-1] for _, at in speaking) and speaking[-1][0] == b"OFF"
     finally:
         broker.stop()

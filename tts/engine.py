@@ -311,14 +311,9 @@ class StreamingTTS:
         the caller vocodes; same tokens either way. Ends early once `halt` or `cancel` is set."""
         stop = _AnyEvent(halt, cancel)
         if not self.config.pipeline:
-            blocks = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop)
-            while True:
-                t0 = time.perf_counter()
-                block = next(blocks, None)
-                stats.t3_s += time.perf_counter() - t0
-                if block is None:
-                    return
-                yield block
+            yield from _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop),
+                              stats)
+            return
         handoff: queue.Queue[list[int] | BaseException | None] = queue.Queue()
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
 
@@ -326,12 +321,7 @@ class StreamingTTS:
             try:
                 with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
                     blocks = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop)
-                    while True:
-                        t0 = time.perf_counter()
-                        block = next(blocks, None)
-                        stats.t3_s += time.perf_counter() - t0
-                        if block is None:
-                            break
+                    for block in _timed(blocks, stats):
                         handoff.put(block)
                 handoff.put(None)
             except BaseException as exc:  # handed to the consumer, which raises it
@@ -358,6 +348,17 @@ class StreamingTTS:
         stats.audio_samples += len(pcm)
         stats.flow_s, stats.hift_s = vocoder.flow_s, vocoder.hift_s
         return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _timed(blocks: Iterator[list[int]], stats: SynthesisStats) -> Iterator[list[int]]:
+    """Pass T3's blocks through, adding the time spent producing them to stats.t3_s."""
+    while True:
+        t0 = time.perf_counter()
+        block = next(blocks, None)
+        stats.t3_s += time.perf_counter() - t0
+        if block is None:
+            return
+        yield block
 
 
 class _AnyEvent:
