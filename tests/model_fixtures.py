@@ -54,13 +54,18 @@ def engine(checkpoint_dir: Path) -> Any:
     return eng
 
 
-@pytest.fixture(scope="session")
-def t3_fp32(checkpoint_dir: Path) -> Any:
-    """Upstream's T3 module with the checkpoint's weights, in fp32 (the parity reference)."""
+def load_t3(checkpoint: Path) -> Any:
+    """A fresh upstream T3 module with the checkpoint's weights, in fp32."""
     from chatterbox.models.t3 import T3
 
     from tts.engine import _load_state
 
     t3 = T3()
-    _load_state(t3, checkpoint_dir / "t3_cfg.safetensors", strict=True)
+    _load_state(t3, checkpoint / "t3_cfg.safetensors", strict=True)
     return t3.eval()
+
+
+@pytest.fixture(scope="session")
+def t3_fp32(checkpoint_dir: Path) -> Any:
+    """Upstream's T3 module with the checkpoint's weights, in fp32 (the parity reference)."""
+    return load_t3(checkpoint_dir)

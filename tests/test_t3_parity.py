@@ -74,3 +74,36 @@ def test_fp32_decoder_matches_upstream(t3_fp32, checkpoint_dir):
     params = SamplingParams(repetition_penalty=1.2, cfg_weight=0.5, greedy=True)
     ours = [t for block in decoder.generate(prefix, STEPS, params) for t in block]
     assert ours == ref_tokens
+
+
+@torch.inference_mode()
+def test_bf16_and_int8_decoders_stay_within_their_tolerance_of_fp32(checkpoint_dir):
+    """Teacher-forced on fp32's greedy tokens: bf16 and int8 logits within stated bounds of fp32's."""
+    from chatterbox.models.tokenizers import EnTokenizer
+    from model_fixtures import load_t3
+
+    from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding
+    from tts.voices import build_voice, load_conds_file
+
+    conds = load_conds_file(checkpoint_dir / "conds.pt")
+    ids = EnTokenizer(str(checkpoint_dir / "tokenizer.json")).text_to_tokens("Good morning.").long()
+    ids = torch.nn.functional.pad(torch.nn.functional.pad(ids, (1, 0), value=255), (0, 1), value=0)
+    t3 = load_t3(checkpoint_dir)
+    voice = build_voice("default", copy.deepcopy(conds), t3, exaggeration=0.5, prompt_tokens=None,
+                        device=torch.device("cpu"))
+    fp32 = T3Decoder(t3, dtype=torch.float32, max_len=160)
+    prefix = fp32.prefix_embeds(voice.cond_emb, ids)
+    tokens = [t for b in fp32.generate(prefix, 32, SamplingParams(greedy=True, repetition_penalty=1.0)) for t in b]
+    reference = fp32.score(prefix, tokens, cfg_weight=0.5)
+    # Stated tolerances (logits span about +-30 on this checkpoint): int8 (dynamic, per-channel) max error 5
+    # and >= 60% argmax agreement; bf16 max error 1.5 and >= 80%. bench t3 reports the measured values.
+    int8 = T3Decoder(t3, dtype=torch.float32, max_len=160, int8=True)
+    _assert_close(int8.score(prefix, tokens, cfg_weight=0.5).float(), reference, 5.0, 0.6)
+    cast_for_decoding(t3, torch.bfloat16)  # shared head and embeddings: after the int8 check
+    bf16 = T3Decoder(t3, dtype=torch.bfloat16, max_len=160)
+    _assert_close(bf16.score(prefix.to(torch.bfloat16), tokens, cfg_weight=0.5).float(), reference, 1.5, 0.8)
+
+
+def _assert_close(logits: torch.Tensor, reference: torch.Tensor, max_error: float, agreement: float) -> None:
+    assert (logits - reference).abs().max().item() < max_error
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean().item() >= agreement
