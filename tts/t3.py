@@ -135,6 +135,11 @@ class T3Decoder:
         if compile:
             # One graph per KV bucket (kv_len is a Python int, hence a static shape); dynamic=False
             # keeps every other shape fixed. On CUDA, reduce-overhead captures CUDA graphs.
+            import torch._functorch.config as functorch_config
+
+            # Cache the traced graphs too (not only Inductor's kernels), so a restart skips most of
+            # the compile (torch 2.6 keeps this off by default).
+            functorch_config.enable_autograd_cache = True
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
         self.int8 = int8
