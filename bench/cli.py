@@ -62,6 +62,9 @@ def main(argv: list[str]) -> int:
     startup.add_argument("--dtype", default="bfloat16")
     startup.add_argument("--max-speech-tokens", type=int, default=1000)
     startup.add_argument("--max-text-tokens", type=int, default=400)
+    knobs = sub.add_parser("knobs", help="each vocoder knob alone: cost and distance from the defaults' output")
+    knobs.add_argument("--tokens", type=int, default=50)
+    knobs.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
@@ -80,6 +83,12 @@ def main(argv: list[str]) -> int:
         results = startup_bench.run(args.checkpoint, args.dtype, args.max_speech_tokens, args.max_text_tokens)
         print(startup_bench.report(results))
         print(f"results: {_write(args.out, 'startup', results)}")
+    if args.what == "knobs":
+        from bench import knobs as knobs_bench
+
+        results = knobs_bench.run(args.checkpoint, args.tokens, args.repeats)
+        print(knobs_bench.report(results))
+        print(f"results: {_write(args.out, 'knobs', results)}")
     if args.what == "stream":
         from bench import stream as stream_bench
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.player import to_int16
+from tts.checkpoint import CHECKPOINT_FILES
 from tts.config import TTSConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -34,10 +35,9 @@ _LOGGER = logging.getLogger(__name__)
 FloatPCM = npt.NDArray[np.float32]
 
 # Settings that change neither the audio nor its timing: not part of the identity.
-_NOT_AUDIBLE = frozenset({"cache_dir", "threads", "compile", "voices", "checkpoint", "default_voice"})
-_CHECKPOINT_FILES = (
-    "t3_cfg.safetensors", "s3gen.safetensors", "ve.safetensors", "tokenizer.json", "conds.pt"
-)
+# Settings that do not change the audio (pipelined decoding is bit-identical to inline decoding).
+_NOT_AUDIBLE = frozenset({"cache_dir", "threads", "compile", "voices", "checkpoint", "default_voice", "pipeline",
+                          "max_text_tokens"})
 
 
 def identity_of(tts: TTSConfig) -> str:
@@ -51,7 +51,7 @@ def identity_of(tts: TTSConfig) -> str:
     if local.is_dir():
         checkpoint = {
             name: [stat.st_size, stat.st_mtime_ns]
-            for name in _CHECKPOINT_FILES
+            for name in CHECKPOINT_FILES
             if (path := local / name).exists() and (stat := path.stat())
         }
     voices = {}

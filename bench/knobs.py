@@ -1,0 +1,76 @@
+"""`chatterd bench knobs`: each vocoder knob alone, its cost and what it changes in the audio.
+
+The same T3 tokens are vocoded by our streamer with the fidelity-first defaults and with one knob
+changed at a time (then all fast knobs together). Cost: vocoder seconds per second of audio.
+Fidelity cost: log-mel distance to one-shot vocoding at the defaults (the best this model does),
+next to the defaults' own streamed distance. On random weights this measures how far a knob moves
+the output, not how it sounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import fidelity
+from bench.stats import Summary
+from tts.engine import ChunkSchedule
+from tts.vocoder import SAMPLE_RATE
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "flow_steps=4": {"flow_steps": 4},
+    "flow_cfg_rate=0": {"flow_cfg_rate": 0.0},
+    "prompt_tokens=25": {"prompt_tokens": 25},
+    "context_tokens=25": {"context_tokens": 25},
+    "all fast knobs": {"flow_steps": 4, "flow_cfg_rate": 0.0, "prompt_tokens": 25, "context_tokens": 25,
+                       "first_chunk_tokens": 8},
+}
+
+
+def run(checkpoint: Path, tokens: int, repeats: int) -> dict[str, Any]:
+    from tts.config import TTSConfig
+    from tts.engine import StreamingTTS
+
+    defaults = TTSConfig(checkpoint=str(checkpoint), dtype="int8")
+    engine = StreamingTTS.load(defaults)
+    voice = engine.voice_bank.get(None)
+    ids = torch.randint(0, 6561, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow_steps=defaults.flow_steps, seed=0)
+    results: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "variants": {}}
+    for name, change in VARIANTS.items():
+        cfg = dataclasses.replace(defaults, **change)
+        prompt = voice.prompt
+        if cfg.prompt_tokens is not None:
+            prompt = dataclasses.replace(prompt, tokens=prompt.tokens[:, -cfg.prompt_tokens:],
+                                         mels=prompt.mels[:, -2 * cfg.prompt_tokens:])
+        seconds, streamed = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            streamed = fidelity.stream_ours(
+                engine.s3gen, prompt, ids, flow_steps=cfg.flow_steps, context_tokens=cfg.context_tokens,
+                crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=cfg.flow_cfg_rate,
+                schedule=ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+                                       cfg.max_chunk_tokens))
+            seconds.append(time.perf_counter() - t0)
+        assert streamed is not None
+        audio_s = len(streamed.audio) / SAMPLE_RATE
+        results["variants"][name] = {
+            "change": change,
+            "vocoder_rtf": Summary.of([s / audio_s for s in seconds]).to_json(),
+            "log_mel_distance_to_default_one_shot": fidelity.log_mel_distance(streamed.audio, reference),
+        }
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"vocoder knobs, {results['tokens']} tokens, {results['repeats']} repeats: vocoder RTF "
+             "(median [min-max]) and log-mel distance to one-shot at the defaults"]
+    for name, v in results["variants"].items():
+        rtf = Summary(**v["vocoder_rtf"])
+        lines.append(f"  {name:20s} RTF {rtf.fmt('', 1)}  distance {v['log_mel_distance_to_default_one_shot']:.3f}")
+    return "\n".join(lines)
