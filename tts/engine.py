@@ -131,8 +131,8 @@ class StreamingTTS:
         self.dtype = dtype
         self.checkpoint_dir = checkpoint_dir
         self.random_weights = is_random_checkpoint(checkpoint_dir)
-        self.max_prefix = COND_POSITIONS + 2 + 2 + config.max_text_tokens  # + BOS pair + start/stop text
-        self.decoder = T3Decoder(t3, dtype=dtype, max_len=self.max_prefix + config.max_speech_tokens,
+        max_prefix = COND_POSITIONS + 2 + 2 + config.max_text_tokens  # + BOS pair + start/stop text
+        self.decoder = T3Decoder(t3, dtype=dtype, max_len=max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
         self.params = SamplingParams(
@@ -140,7 +140,6 @@ class StreamingTTS:
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
         )
         self._lock = threading.Lock()
-        self.warm = False
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -221,7 +220,6 @@ class StreamingTTS:
         for _ in self.stream(words, max_tokens=cfg.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD,
                              stats=stats):
             pass
-        self.warm = True
         elapsed = time.perf_counter() - t0
         log.info("warm-up done in %.1f s", elapsed)
         return elapsed

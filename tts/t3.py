@@ -142,7 +142,6 @@ class T3Decoder:
             functorch_config.enable_autograd_cache = True
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
-        self.int8 = int8
 
     def release_upstream_layers(self) -> None:
         """Drop upstream's unfused layer weights (the decoder has its own copies); frees half the memory.
