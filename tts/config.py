@@ -40,12 +40,15 @@ class TTSConfig:
     # Longest text one utterance may have, in text tokens (about one per character); sizes the KV
     # cache together with max_speech_tokens. Longer text is split into sentences before it gets here.
     max_text_tokens: int = 400
-    # Streaming schedule, in speech tokens: a small first chunk for fast first audio, then chunks
-    # growing by `chunk_growth` up to `max_chunk_tokens`.
+    # Streaming schedule, in speech tokens: a small first chunk for fast first audio; after it, each
+    # chunk as large as the audio queued ahead of playback covers (its synthesis may take at most
+    # `chunk_headroom` of that audio's duration), between `chunk_tokens` and `max_chunk_tokens`.
+    # When synthesis is slower than playback, chunks grow by `chunk_growth` instead.
     first_chunk_tokens: int = 10
     chunk_tokens: int = 25
     chunk_growth: float = 2.0
     max_chunk_tokens: int = 100
+    chunk_headroom: float = 0.5
     # Already-vocoded tokens fed again as left context at every chunk (prosody continuity).
     context_tokens: int = 50
     # Flow-matching (CFM) Euler steps in the vocoder; upstream uses 10.
@@ -85,6 +88,7 @@ class TTSConfig:
             (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
             (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
             (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
+            (0 < self.chunk_headroom <= 1, "chunk_headroom must be in (0, 1]"),
             (self.context_tokens >= 0, "context_tokens must be >= 0"),
             (1 <= self.flow_steps <= 50, "flow_steps must be in 1..50"),
             (0 <= self.flow_cfg_rate <= 2, "flow_cfg_rate must be in 0..2"),

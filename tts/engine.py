@@ -61,27 +61,63 @@ class SynthesisStats:
     hift_s: float = 0.0
     first_chunk_s: float | None = None
     chunk_times: list[tuple[float, int]] = field(default_factory=list)  # (time since start, samples)
+    chunk_tokens: list[int] = field(default_factory=list)  # the schedule's size for each chunk
     stopped_by_guard: bool = False
 
 
 class ChunkSchedule:
-    """Token counts per chunk: small first chunk, then growing by `growth` up to `maximum`."""
+    """Token counts per chunk, sized from the audio queued ahead of playback.
 
-    def __init__(self, first: int, then: int, growth: float, maximum: int) -> None:
-        self._next = first
-        self._then = then
-        self._growth = growth
-        self._max = maximum
-        self._started = False
+    The first chunk is small, for first audio. After each chunk the schedule updates a model of the
+    player's buffer (playback starts with the first chunk and stalls when the buffer runs dry) and
+    of the synthesis rate (seconds per token between chunk emissions, smoothed). The next chunk is
+    as large as the buffer covers: n tokens are ready in about n * rate seconds, so
+    n = buffer * `headroom` / rate, clamped to `maximum`; larger chunks amortise the voice prompt and
+    context that every vocoder call repeats. When the buffer cannot cover `minimum` tokens:
+    - synthesis faster than playback: `minimum` (the shortest stall; the buffer then builds up);
+    - synthesis slower than playback: grow by `growth` (fewer, larger calls finish soonest).
+    Without timings (`emitted` never called) it is geometric: first, minimum, minimum * growth, ...
+    """
+
+    def __init__(self, first: int, minimum: int, growth: float, maximum: int, headroom: float = 0.5) -> None:
+        self.first = first
+        self.minimum = minimum
+        self.growth = growth
+        self.maximum = maximum
+        self.headroom = headroom
+        self.sizes: list[int] = []  # every size handed out, in order
+        self.buffered_s = 0.0  # audio queued ahead of playback after the last chunk (modelled)
+        self._last_at = 0.0
+        self._rate: float | None = None  # synthesis seconds per token, smoothed
+        self._tokens = 0
+        self._audio_s = 0.0
 
     def next(self) -> int:
-        size = self._next
-        if not self._started:
-            self._started = True
-            self._next = self._then
+        if not self.sizes:
+            size = self.first
+        elif self._rate is not None and (fit := int(self.buffered_s * self.headroom / self._rate)) >= self.minimum:
+            size = min(self.maximum, fit)
+        elif self._rate is not None and self._rate < self._audio_s / self._tokens:
+            size = self.minimum
+        elif len(self.sizes) == 1:
+            size = min(self.maximum, self.minimum)
         else:
-            self._next = min(self._max, max(self._next + 1, int(self._next * self._growth)))
+            size = min(self.maximum, max(self.minimum, self.sizes[-1] + 1, int(self.sizes[-1] * self.growth)))
+        self.sizes.append(size)
         return size
+
+    def emitted(self, tokens: int, audio_s: float, at: float) -> None:
+        """Record a chunk of `tokens` tokens and `audio_s` seconds of audio handed to the player `at`
+        seconds after the request started."""
+        elapsed = at - self._last_at
+        self._last_at = at
+        # Playback starts with the first chunk and stalls, rather than going negative, when dry.
+        self.buffered_s = max(0.0, self.buffered_s - elapsed) + audio_s
+        if tokens > 0:
+            self._tokens += tokens
+            self._audio_s += audio_s
+            rate = elapsed / tokens
+            self._rate = rate if self._rate is None else 0.5 * (self._rate + rate)
 
 
 def pick_device(name: str) -> torch.device:
@@ -274,7 +310,7 @@ class StreamingTTS:
                                    context_tokens=cfg.context_tokens, crossfade_ms=cfg.crossfade_ms,
                                    generator=generator, flow_cfg_rate=cfg.flow_cfg_rate)
         schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
-                                 cfg.max_chunk_tokens)
+                                 cfg.max_chunk_tokens, cfg.chunk_headroom)
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
@@ -288,7 +324,10 @@ class StreamingTTS:
                     if cancel is not None and cancel.is_set():
                         return
                     pcm = vocoder.process(tokens, chunk=target)
-                    yield self._emit(pcm, stats, start, vocoder)
+                    chunk = self._emit(pcm, stats, start, vocoder)
+                    schedule.emitted(target, len(pcm) / SAMPLE_RATE, stats.chunk_times[-1][0])
+                    stats.chunk_tokens.append(target)
+                    yield chunk
                     target = schedule.next()
                 if cancel is not None and cancel.is_set():
                     return
