@@ -1,4 +1,4 @@
-"""torch.compile of the T3 step: warm-up builds every graph, real requests never recompile."""
+"""torch.compile of the T3 step and the flow estimator: warm-up builds every graph, requests never recompile."""
 
 from __future__ import annotations
 
@@ -24,14 +24,26 @@ def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: P
         "max_speech_tokens": 40, "max_text_tokens": 40,
     }
     engine = StreamingTTS.load(TTSConfig(**settings))
-    assert engine.decoder.compiled
+    assert engine.decoder.compiled and engine.flow_estimator.compiled
     engine.warm_up()
     frames_before = dict(torch._dynamo.utils.counters["frames"])
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():  # inference tensors, as the vocoder's
+        x, mu, cond = (torch.randn(2, 80, 70, generator=g) for _ in range(3))
+        inputs = (x, torch.ones(2, 1, 70), mu, torch.full((2,), 0.4), torch.randn(2, 80, generator=g), cond)
     with torch._dynamo.config.patch(error_on_recompile=True):
         short = np.concatenate(list(engine.stream("Hi.", seed=1)))
         long = np.concatenate(list(engine.stream("The door is open, lights are on.", seed=2)))
+        with torch.inference_mode():  # as the vocoder calls it
+            compiled_velocity = engine.flow_estimator(*inputs)
     assert dict(torch._dynamo.utils.counters["frames"]) == frames_before, "a request compiled a new frame"
+    assert engine.flow_estimator.lengths_seen <= engine.flow_estimator.warmed
     assert len(short) > 0 and len(long) > len(short)
+
+    # The compiled flow estimator computes what upstream's eager one does.
+    with torch.inference_mode():
+        upstream_velocity = engine.s3gen.flow.decoder.estimator(*inputs)
+    assert torch.allclose(compiled_velocity, upstream_velocity, atol=1e-4)
 
     # The compiled step decodes what the eager step decodes (same weights, same seed).
     eager = StreamingTTS.load(TTSConfig(**dataclasses.replace(TTSConfig(**settings), compile=False).__dict__))

@@ -8,6 +8,7 @@ import torch
 
 from bench import fidelity
 from tts.engine import ChunkSchedule
+from tts.flow_estimator import FlowEstimator
 from tts.vocoder import MEL_PER_TOKEN, SAMPLES_PER_MEL, StreamingVocoder
 
 pytestmark = pytest.mark.model
@@ -29,6 +30,20 @@ def test_our_euler_solver_is_upstreams(engine):
     upstream = engine.s3gen.flow.decoder.solve_euler(z, t_span=vocoder.t_span, mu=mu, mask=mask,
                                                       spks=vocoder.spks, cond=cond)
     assert torch.allclose(ours, upstream, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_bucket_padding_leaves_the_real_frames_exact(engine):
+    # 45 frames run padded to 64: causal convs, per-frame norms and masked attention must make the
+    # padding invisible to the real frames.
+    upstream = engine.s3gen.flow.decoder.estimator
+    g = torch.Generator().manual_seed(2)
+    x, mu, cond = (torch.randn(2, 80, 45, generator=g) for _ in range(3))
+    inputs = (x, torch.ones(2, 1, 45), mu, torch.tensor([0.2, 0.2]), torch.randn(2, 80, generator=g), cond)
+    ours = FlowEstimator(upstream, compile=False, bucketed=True)
+    padded = ours(*inputs)
+    assert ours.lengths_seen == {64}
+    assert torch.allclose(padded, upstream(*inputs), atol=1e-5)
 
 
 def test_stream_voices_every_token_and_flushes_the_end(engine):

@@ -28,9 +28,10 @@ import torch
 from tts.checkpoint import is_random_checkpoint, resolve_checkpoint
 from tts.config import TTSConfig
 from tts.errors import CheckpointError, SynthesisError, TTSError
+from tts.flow_estimator import FlowEstimator
 from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding
 from tts.text import normalize, token_budget
-from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder
+from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN, SAMPLE_RATE, StreamingVocoder
 from tts.voices import (
     DEFAULT_VOICE,
     Voice,
@@ -171,6 +172,7 @@ class StreamingTTS:
         self.decoder = T3Decoder(t3, dtype=dtype, max_len=max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
+        self.flow_estimator = FlowEstimator(s3gen.flow.decoder.estimator, compile=config.compile)
         self.params = SamplingParams(
             temperature=config.temperature, cfg_weight=config.cfg_weight,
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
@@ -250,6 +252,12 @@ class StreamingTTS:
             shortest = COND_POSITIONS + 2 + 2 + 1
             n = self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params)
             log.info("warm-up: %d T3 step graphs compiled", n)
+            # Every window the vocoder can see: voice prompt + up to context + chunk + lookahead.
+            longest = cfg.context_tokens + cfg.max_chunk_tokens + LOOKAHEAD
+            frames = [voice.prompt.mels.shape[1] + MEL_PER_TOKEN * n
+                      for voice in self.voice_bank for n in range(1, longest + 1)]
+            n = self.flow_estimator.warm_up(frames, rows=2 if cfg.flow_cfg_rate > 0 else 1, device=self.device)
+            log.info("warm-up: flow estimator compiled and run at %d window lengths", n)
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
@@ -308,7 +316,8 @@ class StreamingTTS:
             prefix = self.decoder.prefix_embeds(voice.cond_emb, text_ids.long())
         vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow_steps=cfg.flow_steps,
                                    context_tokens=cfg.context_tokens, crossfade_ms=cfg.crossfade_ms,
-                                   generator=generator, flow_cfg_rate=cfg.flow_cfg_rate)
+                                   generator=generator, flow_cfg_rate=cfg.flow_cfg_rate,
+                                   estimator=self.flow_estimator)
         schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens, cfg.chunk_headroom)
         tokens: list[int] = []

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tts.flow_estimator import FlowEstimator
+
 SAMPLE_RATE = 24000
 MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
 SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
@@ -58,9 +60,11 @@ class StreamingVocoder:
 
     def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
                  context_tokens: int, crossfade_ms: float, generator: torch.Generator | None,
-                 flow_cfg_rate: float = FLOW_CFG_RATE) -> None:
+                 flow_cfg_rate: float = FLOW_CFG_RATE, estimator: FlowEstimator | None = None) -> None:
         # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
+        # `estimator`: the engine's shared (maybe compiled) one; eager over s3gen's weights if None.
         self.flow = s3gen.flow
+        self.estimator = estimator or FlowEstimator(s3gen.flow.decoder.estimator, compile=False)
         self.hift = s3gen.mel2wav
         self.trim_fade: npt.NDArray[np.float32] = s3gen.trim_fade.cpu().numpy()
         self.prompt = prompt
@@ -141,9 +145,11 @@ class StreamingVocoder:
         """Upstream's CFM Euler solver (x (1, 80, T) noise -> mel), with the CFG rate as a knob.
 
         The guided estimate is (1 + rate) * conditional - rate * unconditional, the unconditional
-        row seeing zero mu, speaker and prompt; rate 0 skips that row and halves the cost.
+        row seeing zero mu, speaker and prompt; rate 0 skips that row and halves the cost. The
+        frames are padded once to the estimator's length bucket (if any) and cut back at the end.
         """
-        estimator = self.flow.decoder.estimator
+        frames = x.shape[-1]
+        x, mask, mu, cond = self.estimator.pad(x, mask, mu, cond)
         rate = self.flow_cfg_rate
         rows = 2 if rate > 0 else 1
         x_in = x.expand(rows, -1, -1).contiguous()
@@ -152,11 +158,11 @@ class StreamingVocoder:
         cond_in = torch.cat([cond, torch.zeros_like(cond)])[:rows]
         mask_in = mask.expand(rows, -1, -1)
         for t, r in zip(self.t_span[:-1], self.t_span[1:], strict=True):
-            dxdt = estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in)  # (rows, 80, T)
+            dxdt = self.estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in)  # (rows, 80, T)
             if rows == 2:
                 dxdt = (1.0 + rate) * dxdt[:1] - rate * dxdt[1:]
             x_in = (x_in[:1] + (r - t) * dxdt).expand(rows, -1, -1).contiguous()
-        return x_in[:1]
+        return x_in[:1, :, :frames]
 
     def _mel2pcm(self, new_mel: Tensor, final: bool) -> npt.NDArray[np.float32]:
         ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]

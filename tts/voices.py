@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class VoiceBank:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._voices)
+
+    def __iter__(self) -> Iterator[Voice]:
+        return iter(self._voices.values())
 
     def get(self, name: str | None) -> Voice:
         voice = self._voices.get(name or DEFAULT_VOICE)

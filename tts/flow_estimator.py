@@ -1,0 +1,115 @@
+"""S3Gen's flow-matching estimator with bucketed lengths, compilable in one graph.
+
+The estimator (upstream's `ConditionalDecoder`: a causal 1-D U-Net with transformer blocks) is
+where the vocoder spends its time: it runs flow_steps times per chunk, on the voice prompt plus
+the window. Its forward is re-stated here over upstream's modules, without the data-dependent
+`.item()` check and einops packing that break `torch.compile`'s graph, and every call is padded
+on the right to a multiple of `BUCKET_FRAMES` when compiled: the convolutions are causal, the norms are per
+frame and attention masks padded frames out, so the real frames come out exactly as unpadded.
+Few distinct lengths mean few compiled graphs (and CUDA graphs on GPU), all warmed before serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BUCKET_FRAMES = 32  # mel frames (0.64 s); padding costs at most 31 frames of a few hundred
+
+
+def bucket(frames: int) -> int:
+    return -(-frames // BUCKET_FRAMES) * BUCKET_FRAMES
+
+
+def pad_to_bucket(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Right-pad (..., T) tensors with zeros to T's bucket (a zero mask marks the padding)."""
+    extra = bucket(tensors[0].shape[-1]) - tensors[0].shape[-1]
+    return tuple(F.pad(v, (0, extra)) if extra else v for v in tensors)
+
+
+class FlowEstimator:
+    """Call as upstream's estimator: (x, mask, mu, t, spks, cond) -> velocity, all (B, 80, T)."""
+
+    def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None) -> None:
+        # `estimator`: upstream's chatterbox ConditionalDecoder (untyped, so Any at this boundary).
+        if estimator.static_chunk_size != 0 or getattr(estimator, "meanflow", False):
+            raise ValueError("FlowEstimator supports the full-context, non-meanflow S3Gen estimator only")
+        for _, _, down in estimator.down_blocks:
+            if down.__class__.__name__ == "Downsample1D":  # a strided level would need per-level masks
+                raise ValueError("FlowEstimator supports the single-level (unstrided) S3Gen estimator only")
+        self.estimator = estimator
+        self.compiled = compile
+        # Buckets exist for compiled graphs; eager runs skip the padding (up to 31 wasted frames).
+        self.bucketed = compile if bucketed is None else bucketed
+        self._forward: Callable[..., Tensor] = self._unet
+        if compile:
+            # One graph for every bucket on CPU (the length is symbolic); on CUDA, reduce-overhead
+            # records one CUDA graph per bucket on top of it.
+            device = next(estimator.parameters()).device
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            self._forward = torch.compile(self._unet, mode=mode, fullgraph=True, dynamic=True)
+        self.lengths_seen: set[int] = set()  # padded lengths run so far
+        self.warmed: set[int] = set()  # padded lengths run by warm_up
+
+    def __call__(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
+        """Any T; a caller that loops (the ODE solver) pads once with `pad` instead."""
+        frames = x.shape[-1]
+        # Contiguous inputs: compiled graphs are guarded on strides, and callers pass expanded views.
+        if self.bucketed:
+            x, mask, mu, cond = pad_to_bucket(x, mask, mu, cond)
+        x, mask, mu, cond = (v.contiguous() for v in (x, mask, mu, cond))
+        t, spks = t.contiguous(), spks.contiguous()
+        self.lengths_seen.add(x.shape[-1])
+        return self._forward(x, mask, mu, t, spks, cond)[:, :, :frames]
+
+    def pad(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """`pad_to_bucket` when bucketed, else the tensors as they are."""
+        return pad_to_bucket(*tensors) if self.bucketed else tensors
+
+    @torch.inference_mode()
+    def warm_up(self, frame_counts: Iterable[int], rows: int, device: torch.device) -> int:
+        """Run every bucket that `frame_counts` fall into, `rows` CFG rows each; returns how many."""
+        buckets = sorted({bucket(n) for n in frame_counts})
+        self.warmed.update(buckets)
+        for frames in buckets:
+            z = torch.zeros(rows, 80, frames, device=device)
+            self(z, torch.ones(rows, 1, frames, device=device), z, torch.zeros(rows, device=device),
+                 torch.zeros(rows, 80, device=device), z)
+        return len(buckets)
+
+    def _unet(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
+        """Upstream's ConditionalDecoder.forward for its single-level configuration.
+
+        x, mu, cond: (B, 80, T); mask: (B, 1, T); t: (B,); spks: (B, 80). Every level runs at T
+        frames (the one "downsample" is an unstrided causal conv), so one mask serves all of them.
+        """
+        est = self.estimator
+        emb = est.time_mlp(est.time_embeddings(t).to(t.dtype))  # (B, 1024)
+        frames = x.shape[-1]
+        h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, frames), cond], dim=1)  # (B, 320, T)
+        bias = (1.0 - mask) * -1.0e10  # (B, 1, T): padded frames are never attended to
+
+        def attend(h: Tensor, blocks: Any) -> Tensor:
+            h = h.transpose(1, 2)  # (B, T, C)
+            for block in blocks:
+                h = block(hidden_states=h, attention_mask=bias, timestep=emb)
+            return h.transpose(1, 2)
+
+        skips = []
+        for resnet, blocks, down in est.down_blocks:
+            h = attend(resnet(h, mask, emb), blocks)
+            skips.append(h)
+            h = down(h * mask)
+        for resnet, blocks in est.mid_blocks:
+            h = attend(resnet(h, mask, emb), blocks)
+        for resnet, blocks, up in est.up_blocks:
+            skip = skips.pop()
+            h = torch.cat([h[:, :, : skip.shape[-1]], skip], dim=1)
+            h = up(attend(resnet(h, mask, emb), blocks) * mask)
+        h = est.final_block(h, mask)
+        out: Tensor = est.final_proj(h * mask) * mask
+        return out
