@@ -10,7 +10,7 @@ import pytest
 from tts.engine import SynthesisStats
 from tts.errors import UnknownVoice
 from tts.text import token_budget
-from tts.vocoder import MEL_PER_TOKEN, SAMPLES_PER_MEL
+from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN, SAMPLES_PER_MEL
 
 pytestmark = pytest.mark.model
 SAMPLES_PER_TOKEN = MEL_PER_TOKEN * SAMPLES_PER_MEL  # 960 = 40 ms at 24 kHz
@@ -47,8 +47,10 @@ def test_chunks_arrive_before_decoding_ends(engine, pipeline):
         engine.config = original
     assert len(first) > 0 and len(rest) >= 2
     assert first_at < decode_done[0], "first audio must not wait for the whole utterance"
-    if not pipeline:  # decoding pauses while a chunk is vocoded: exactly one chunk's worth is ahead
-        assert decoded_at_first_chunk < budget / 4
+    # The first block is exactly the first chunk plus lookahead, and nothing decodes beside the
+    # first chunk's vocoding (pipelined decoding starts after it).
+    assert produced[0] == engine.config.first_chunk_tokens + LOOKAHEAD
+    assert decoded_at_first_chunk == produced[0]
     assert sum(produced) == budget  # the random model never stops by itself: the guard ends it
 
 
@@ -111,6 +113,24 @@ def test_pipelined_and_sequential_decoding_give_the_same_audio(engine):
     finally:
         engine.config = original
     assert np.array_equal(piped, inline)
+
+
+def test_closing_a_pipelined_stream_early_frees_the_decoder(engine):
+    import dataclasses
+
+    original = engine.config
+    try:
+        engine.config = dataclasses.replace(original, pipeline=True)
+        for label in ("after the first chunk", "after the second chunk"):
+            stream = engine.stream("A long announcement that nobody waits to hear the end of.", seed=1)
+            next(stream)
+            if label.endswith("second chunk"):
+                next(stream)
+            stream.close()
+            assert not engine.decoder._lock.locked(), label
+            assert len(np.concatenate(list(engine.stream("Next.", seed=2)))) > 0, label
+    finally:
+        engine.config = original
 
 
 def test_a_decoder_failure_surfaces_as_synthesis_error_and_the_engine_recovers(engine):

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,11 @@ class StreamingTTS:
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
         )
         self._lock = threading.Lock()
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether T3 decodes on its own thread (tts.pipeline; auto = on CUDA only)."""
+        return self.config.pipeline if self.config.pipeline is not None else self.device.type == "cuda"
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -353,25 +358,47 @@ class StreamingTTS:
     def _decoded_blocks(self, prefix: torch.Tensor, budget: int, generator: torch.Generator,
                         halt: threading.Event, cancel: threading.Event | None,
                         stats: SynthesisStats) -> Iterator[list[int]]:
-        """T3's token blocks, decoded inline or (tts.pipeline) on a thread that keeps decoding while
-        the caller vocodes; same tokens either way. Ends early once `halt` or `cancel` is set."""
+        """T3's token blocks, the first one exactly what the first chunk needs; same tokens either way.
+
+        Inline, or (tts.pipeline) the first block inline and the rest on a thread that keeps decoding
+        while the caller vocodes. The first block and the first chunk run alone, with every core:
+        they are what first audio waits for, so the thread starts only when the caller asks for the
+        second block. Ends early once `halt` or `cancel` is set.
+        """
         stop = _AnyEvent(halt, cancel)
-        if not self.config.pipeline:
-            yield from _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop),
-                              stats)
+        blocks = _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop,
+                                              first_block=self.config.first_chunk_tokens + LOOKAHEAD), stats)
+        if not self.pipelined:
+            yield from blocks
             return
+        first = next(blocks, None)
+        if first is None:
+            return
+        try:
+            yield first
+        except GeneratorExit:
+            blocks.close()  # releases the decoder
+            raise
         handoff: queue.Queue[list[int] | BaseException | None] = queue.Queue()
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
 
         def produce() -> None:
+            threads = torch.get_num_threads()
+            if side_stream is None:
+                # OpenMP teams are per thread. Two full teams on the same cores make libgomp stop
+                # spinning and every parallel region of both pay a futex wake-up (measured here: the
+                # vocoder 1.4-2x slower beside an idle decoder thread). The decoder takes half.
+                torch.set_num_threads(max(1, threads // 2))
             try:
                 with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-                    blocks = self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop)
-                    for block in _timed(blocks, stats):
+                    for block in blocks:
                         handoff.put(block)
                 handoff.put(None)
             except BaseException as exc:  # handed to the consumer, which raises it
                 handoff.put(exc)
+            finally:
+                if side_stream is None:
+                    torch.set_num_threads(threads)  # the default for threads started later
 
         worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
         worker.start()
@@ -396,15 +423,18 @@ class StreamingTTS:
         return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def _timed(blocks: Iterator[list[int]], stats: SynthesisStats) -> Iterator[list[int]]:
+def _timed(blocks: Generator[list[int], None, None], stats: SynthesisStats) -> Generator[list[int], None, None]:
     """Pass T3's blocks through, adding the time spent producing them to stats.t3_s."""
-    while True:
-        t0 = time.perf_counter()
-        block = next(blocks, None)
-        stats.t3_s += time.perf_counter() - t0
-        if block is None:
-            return
-        yield block
+    try:
+        while True:
+            t0 = time.perf_counter()
+            block = next(blocks, None)
+            stats.t3_s += time.perf_counter() - t0
+            if block is None:
+                return
+            yield block
+    finally:
+        blocks.close()  # an early exit releases the decoder now, not at garbage collection
 
 
 class _AnyEvent:

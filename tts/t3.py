@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -280,19 +280,22 @@ class T3Decoder:
         generator: torch.Generator | None = None,
         cancel: CancelFlag | None = None,
         check_every: int = 8,
-    ) -> Iterator[list[int]]:
+        first_block: int | None = None,
+    ) -> Generator[list[int], None, None]:
         """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks.
 
         The stop token is looked for on the host every `check_every` steps (one sync per block, not
-        per step); tokens after it are discarded. Stops early when `cancel` is set. The decoder is
-        single-tenant: concurrent calls wait for each other.
+        per step), the first time after `first_block` steps if given (what the caller needs for its
+        first chunk); tokens after it are discarded. Stops early when `cancel` is set. The decoder
+        is single-tenant: concurrent calls wait for each other.
         """
         with self._lock:
-            yield from self._generate(prefix, max_tokens, params, generator, cancel, check_every)
+            yield from self._generate(prefix, max_tokens, params, generator, cancel,
+                                      check_every, first_block or check_every)
 
     def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
                   generator: torch.Generator | None, cancel: CancelFlag | None,
-                  check_every: int) -> Iterator[list[int]]:
+                  check_every: int, first_block: int) -> Iterator[list[int]]:
         prefix_len = prefix.shape[1]
         max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
         if max_tokens <= 0:
@@ -304,8 +307,10 @@ class T3Decoder:
         token = self._sample(logits, params, self._noise(vocab, generator))
         stop = self.hp.stop_speech_token
         block: list[Tensor] = [token]
+        block_size = first_block
         for i in range(1, max_tokens + 1):
-            if len(block) == check_every or i == max_tokens:
+            if len(block) == block_size or i == max_tokens:
+                block_size = check_every
                 ids = torch.cat(block).tolist()  # the one host sync per block
                 block.clear()
                 if stop in ids:
