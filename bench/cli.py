@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     knobs = sub.add_parser("knobs", help="each vocoder knob alone: cost and distance from the defaults' output")
     knobs.add_argument("--tokens", type=int, default=50)
     knobs.add_argument("--repeats", type=int, default=2)
+    knobs.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
@@ -86,7 +87,8 @@ def main(argv: list[str]) -> int:
     if args.what == "knobs":
         from bench import knobs as knobs_bench
 
-        results = knobs_bench.run(args.checkpoint, args.tokens, args.repeats)
+        results = knobs_bench.run(args.checkpoint, args.tokens, args.repeats,
+                                  [v for v in args.only.split(",") if v] or None)
         print(knobs_bench.report(results))
         print(f"results: {_write(args.out, 'knobs', results)}")
     if args.what == "stream":

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 
 from tts.engine import ChunkSchedule
+from tts.flow_estimator import FlowEstimator
 from tts.vocoder import SAMPLE_RATE, StreamingVocoder, VoicePrompt, vocode_all
 
 F32 = npt.NDArray[np.float32]
@@ -32,11 +33,12 @@ class Streamed:
 
 
 def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, schedule: ChunkSchedule, flow_steps: int,
-                context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float = 0.7) -> Streamed:
+                context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float = 0.7,
+                estimator: FlowEstimator | None = None) -> Streamed:
     generator = torch.Generator().manual_seed(seed)
     vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow_steps=flow_steps,
                                context_tokens=context_tokens, crossfade_ms=crossfade_ms, generator=generator,
-                               flow_cfg_rate=flow_cfg_rate)
+                               flow_cfg_rate=flow_cfg_rate, estimator=estimator)
     chunks: list[F32] = []
     available = 0
     while True:

@@ -3,8 +3,9 @@
 The same T3 tokens are vocoded by our streamer with the fidelity-first defaults and with one knob
 changed at a time (then all fast knobs together). Cost: vocoder seconds per second of audio.
 Fidelity cost: log-mel distance to one-shot vocoding at the defaults (the best this model does),
-next to the defaults' own streamed distance. On random weights this measures how far a knob moves
-the output, not how it sounds.
+next to the defaults' own streamed distance. The `compile` variant runs the defaults through the
+compiled, bucketed flow estimator (its compile time reported apart). On random weights this
+measures how far a knob moves the output, not how it sounds.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "context_tokens=25": {"context_tokens": 25},
     "all fast knobs": {"flow_steps": 4, "flow_cfg_rate": 0.0, "prompt_tokens": 25, "context_tokens": 25,
                        "first_chunk_tokens": 8},
+    # The flow estimator compiled (bucketed windows); its one-off compile time is reported apart.
+    "compile": {"compile": True},
 }
 
 
-def run(checkpoint: Path, tokens: int, repeats: int) -> dict[str, Any]:
+def run(checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
     from tts.config import TTSConfig
     from tts.engine import StreamingTTS
+    from tts.flow_estimator import FlowEstimator
+    from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN
 
     defaults = TTSConfig(checkpoint=str(checkpoint), dtype="int8")
     engine = StreamingTTS.load(defaults)
@@ -43,17 +48,27 @@ def run(checkpoint: Path, tokens: int, repeats: int) -> dict[str, Any]:
     reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow_steps=defaults.flow_steps, seed=0)
     results: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "variants": {}}
     for name, change in VARIANTS.items():
+        if only and name not in only:
+            continue
         cfg = dataclasses.replace(defaults, **change)
         prompt = voice.prompt
         if cfg.prompt_tokens is not None:
             prompt = dataclasses.replace(prompt, tokens=prompt.tokens[:, -cfg.prompt_tokens:],
                                          mels=prompt.mels[:, -2 * cfg.prompt_tokens:])
+        estimator, compile_s = None, None
+        if cfg.compile:
+            estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
+            longest = cfg.context_tokens + cfg.max_chunk_tokens + LOOKAHEAD
+            t0 = time.perf_counter()
+            estimator.warm_up([prompt.mels.shape[1] + MEL_PER_TOKEN * n for n in range(1, longest + 1)],
+                              rows=2 if cfg.flow_cfg_rate > 0 else 1, device=engine.device)
+            compile_s = time.perf_counter() - t0
         seconds, streamed = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
             streamed = fidelity.stream_ours(
                 engine.s3gen, prompt, ids, flow_steps=cfg.flow_steps, context_tokens=cfg.context_tokens,
-                crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=cfg.flow_cfg_rate,
+                crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=cfg.flow_cfg_rate, estimator=estimator,
                 schedule=ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                        cfg.max_chunk_tokens))
             seconds.append(time.perf_counter() - t0)
@@ -64,6 +79,8 @@ def run(checkpoint: Path, tokens: int, repeats: int) -> dict[str, Any]:
             "vocoder_rtf": Summary.of([s / audio_s for s in seconds]).to_json(),
             "log_mel_distance_to_default_one_shot": fidelity.log_mel_distance(streamed.audio, reference),
         }
+        if compile_s is not None:
+            results["variants"][name]["compile_and_warm_up_s"] = compile_s
     return results
 
 
@@ -72,5 +89,7 @@ def report(results: dict[str, Any]) -> str:
              "(median [min-max]) and log-mel distance to one-shot at the defaults"]
     for name, v in results["variants"].items():
         rtf = Summary(**v["vocoder_rtf"])
-        lines.append(f"  {name:20s} RTF {rtf.fmt('', 1)}  distance {v['log_mel_distance_to_default_one_shot']:.3f}")
+        lines.append(f"  {name:20s} RTF {rtf.fmt('', 1)}  distance {v['log_mel_distance_to_default_one_shot']:.3f}"
+                     + (f"  (compile + warm-up {v['compile_and_warm_up_s']:.0f} s)"
+                        if "compile_and_warm_up_s" in v else ""))
     return "\n".join(lines)

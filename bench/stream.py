@@ -3,7 +3,8 @@
 In one run, on one machine, with one checkpoint, text and token count:
   baseline  chatterbox-streaming 0.1.2 `generate_stream` (its own venv, bench/baseline_runner.py),
             at its defaults (chunk 25, context 50) and at the seed's recommendation (75, 150)
-  ours      StreamingTTS with fidelity-first defaults, and with the fast knob settings
+  ours      StreamingTTS with fidelity-first defaults, and with the fast knob settings (also with
+            T3 pipelined on its own thread, which is off by default on a CPU)
 Per run: first audio (call start -> first chunk), steady-state RTF (time between the first and the
 last chunk over the audio after the first chunk), overall RTF, playback stalls (gaps a listener
 would hear if playback started at the first chunk), T3/flow/HiFT split, peak RSS. Ours also at
@@ -193,6 +194,9 @@ def run(checkpoint: Path, *, baseline_venv: Path | None, repeats: int, headline_
     results["ours"] = {
         "fidelity_first": run_ours(checkpoint, {"dtype": dtype}, cases, repeats),
         "fast": run_ours(checkpoint, FAST_KNOBS, cases, repeats),
+        # tts.pipeline is auto (off on a CPU): the pipelined variant, measured beside it, is why.
+        "fast_pipelined": run_ours(checkpoint, FAST_KNOBS | {"pipeline": True}, {"headline": cases["headline"]},
+                                   repeats),
     }
     if "baseline" in results:
         base = results["baseline"]["defaults_25_50"]["summary"]

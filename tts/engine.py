@@ -386,8 +386,9 @@ class StreamingTTS:
             threads = torch.get_num_threads()
             if side_stream is None:
                 # OpenMP teams are per thread. Two full teams on the same cores make libgomp stop
-                # spinning and every parallel region of both pay a futex wake-up (measured here: the
-                # vocoder 1.4-2x slower beside an idle decoder thread). The decoder takes half.
+                # spinning, and every parallel region of both then pays a futex wake-up (the
+                # vocoder slowed down beside a decoder thread that was merely idle). The decoder
+                # takes half the threads.
                 torch.set_num_threads(max(1, threads // 2))
             try:
                 with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():

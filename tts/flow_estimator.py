@@ -3,10 +3,10 @@
 The estimator (upstream's `ConditionalDecoder`: a causal 1-D U-Net with transformer blocks) is
 where the vocoder spends its time: it runs flow_steps times per chunk, on the voice prompt plus
 the window. Its forward is re-stated here over upstream's modules, without the data-dependent
-`.item()` check and einops packing that break `torch.compile`'s graph, and every call is padded
-on the right to a multiple of `BUCKET_FRAMES` when compiled: the convolutions are causal, the norms are per
-frame and attention masks padded frames out, so the real frames come out exactly as unpadded.
-Few distinct lengths mean few compiled graphs (and CUDA graphs on GPU), all warmed before serving.
+`.item()` check and einops packing that break `torch.compile`'s graph. When compiled, every call
+is padded on the right to a multiple of `BUCKET_FRAMES`: the convolutions are causal, the norms
+are per frame and attention masks padded frames out, so the real frames come out exactly as
+unpadded. Few distinct lengths mean few graphs (CUDA graphs on GPU), all warmed before serving.
 """
 
 from __future__ import annotations
