@@ -107,3 +107,29 @@ def test_bf16_and_int8_decoders_stay_within_their_tolerance_of_fp32(checkpoint_d
 def _assert_close(logits: torch.Tensor, reference: torch.Tensor, max_error: float, agreement: float) -> None:
     assert (logits - reference).abs().max().item() < max_error
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean().item() >= agreement
+
+
+@torch.inference_mode()
+def test_prefill_after_the_cached_conditioning_matches_the_full_prefill(t3_fp32, checkpoint_dir):
+    """The engine caches each voice's conditioning K/V; a request's prefill then starts at its text."""
+    from chatterbox.models.tokenizers import EnTokenizer
+
+    from tts.t3 import SamplingParams, T3Decoder
+    from tts.voices import build_voice, load_conds_file
+
+    conds = load_conds_file(checkpoint_dir / "conds.pt")
+    ids = EnTokenizer(str(checkpoint_dir / "tokenizer.json")).text_to_tokens("The garage is closed.").long()
+    ids = torch.nn.functional.pad(torch.nn.functional.pad(ids, (1, 0), value=255), (0, 1), value=0)
+    voice = build_voice("default", copy.deepcopy(conds), t3_fp32, exaggeration=0.5, prompt_tokens=None,
+                        device=torch.device("cpu"))
+    decoder = T3Decoder(t3_fp32, dtype=torch.float32, max_len=256)
+    prefix = decoder.prefix_embeds(voice.cond_emb, ids)
+    full = decoder.prefill(prefix)
+    cached = decoder.cache_prefix(voice.cond_emb)
+    assert cached.length == voice.cond_emb.shape[1] < prefix.shape[1]
+    assert (decoder.prefill(prefix, cached) - full).abs().max().item() < 1e-3
+
+    params = SamplingParams(repetition_penalty=1.2, cfg_weight=0.5, greedy=True)
+    without = [t for block in decoder.generate(prefix, 20, params) for t in block]
+    with_cache = [t for block in decoder.generate(prefix, 20, params, cached=cached) for t in block]
+    assert with_cache == without

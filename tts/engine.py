@@ -29,7 +29,7 @@ from tts.checkpoint import is_random_checkpoint, resolve_checkpoint
 from tts.config import TTSConfig
 from tts.errors import CheckpointError, SynthesisError, TTSError
 from tts.flow_estimator import FlowEstimator
-from tts.t3 import SamplingParams, T3Decoder, cast_for_decoding
+from tts.t3 import PrefixKV, SamplingParams, T3Decoder, cast_for_decoding
 from tts.text import normalize, token_budget
 from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN, SAMPLE_RATE, StreamingVocoder
 from tts.voices import (
@@ -172,6 +172,8 @@ class StreamingTTS:
         self.decoder = T3Decoder(t3, dtype=dtype, max_len=max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
+        # Each voice's conditioning K/V, computed once: a request's prefill starts at its text.
+        self.prefix_kv = {voice.name: self.decoder.cache_prefix(voice.cond_emb) for voice in voices}
         self.flow_estimator = FlowEstimator(s3gen.flow.decoder.estimator, compile=config.compile)
         self.params = SamplingParams(
             temperature=config.temperature, cfg_weight=config.cfg_weight,
@@ -330,7 +332,8 @@ class StreamingTTS:
         target = schedule.next()
         halt = threading.Event()  # set when the consumer is done early: the decoder stops too
         try:
-            for block in self._decoded_blocks(prefix, budget, generator, halt, cancel, stats):
+            for block in self._decoded_blocks(prefix, self.prefix_kv[voice.name], budget, generator, halt,
+                                              cancel, stats):
                 produced += len(block)
                 # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
                 tokens.extend(t for t in block if t < S3GEN_VOCAB)
@@ -355,7 +358,7 @@ class StreamingTTS:
         if len(pcm):
             yield self._emit(pcm, stats, start, vocoder)
 
-    def _decoded_blocks(self, prefix: torch.Tensor, budget: int, generator: torch.Generator,
+    def _decoded_blocks(self, prefix: torch.Tensor, cached: PrefixKV, budget: int, generator: torch.Generator,
                         halt: threading.Event, cancel: threading.Event | None,
                         stats: SynthesisStats) -> Iterator[list[int]]:
         """T3's token blocks, the first one exactly what the first chunk needs; same tokens either way.
@@ -367,7 +370,8 @@ class StreamingTTS:
         """
         stop = _AnyEvent(halt, cancel)
         blocks = _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop,
-                                              first_block=self.config.first_chunk_tokens + LOOKAHEAD), stats)
+                                              first_block=self.config.first_chunk_tokens + LOOKAHEAD,
+                                              cached=cached), stats)
         if not self.pipelined:
             yield from blocks
             return

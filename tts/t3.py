@@ -45,6 +45,20 @@ class SamplingParams:
     greedy: bool = False
 
 
+@dataclass(frozen=True)
+class PrefixKV:
+    """Keys and values of the positions every request of a voice starts with (its conditioning),
+    both CFG rows: (layers, 2, kv_heads, C, head_dim) each. Causal attention makes them independent
+    of the text that follows, so a request's prefill starts after them."""
+
+    keys: Tensor
+    values: Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[3])
+
+
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     # Same arithmetic as LlamaRMSNorm: normalise in fp32, scale in the weight dtype.
     xf = x.float()
@@ -153,14 +167,18 @@ class T3Decoder:
     # -- the transformer -------------------------------------------------------------------------
 
     def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool) -> Tensor:
-        """Run the backbone on x (2, S, dim) at positions start..start+S-1; returns normed hidden states."""
+        """Run the backbone on x (2, S, dim) at positions start..start+S-1, attending over the cache's
+        first kv_len slots; returns normed hidden states."""
         bsz, seq, _ = x.shape
         idx = start + torch.arange(seq, device=x.device)  # (S,)
         cos = self.cos.index_select(0, idx)[None, None]  # (1, 1, S, head_dim)
         sin = self.sin.index_select(0, idx)[None, None]
-        if not prefill:
-            # Bucketed decode: attend over kv_len slots, masking those past the current position.
-            mask = (torch.arange(kv_len, device=x.device) <= start)[None, None, None]  # (1,1,1,kv_len)
+        # A prefill from position 0 needs nothing but its own k, v under a causal mask.
+        own_only = prefill and kv_len == seq
+        if not own_only:
+            # Decode (bucketed) or a prefill after a cached prefix: attend over kv_len slots,
+            # each query up to its own position.
+            mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
         for i, block in enumerate(self.blocks):
             h = _rms_norm(x, block.ln1, self.eps)
             q, k, v = block.qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -171,8 +189,7 @@ class T3Decoder:
             k = k * cos + _rotate_half(k) * sin
             self.k_cache[i].index_copy_(2, idx, k)
             self.v_cache[i].index_copy_(2, idx, v)
-            if prefill:
-                # The prefill starts at position 0, so plain causal attention over its own k, v is exact.
+            if own_only:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
                 keys = self.k_cache[i, :, :, :kv_len]  # (2, H, kv_len, D)
@@ -242,18 +259,38 @@ class T3Decoder:
         text_emb = text_emb + t3.text_pos_emb(text)
         bos = torch.full((1, 1), self.hp.start_speech_token, dtype=torch.long, device=self.device)
         bos_emb = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)  # (1, 1, dim)
-        bos_emb = bos_emb.expand(2, -1, -1)
-        cond = cond_emb.to(text_emb.dtype).expand(2, -1, -1)
-        return torch.cat([cond, text_emb, bos_emb, bos_emb], dim=1).to(self.dtype)
+        bos_emb = bos_emb.expand(2, -1, -1).to(self.dtype)
+        return torch.cat([self.cond_embeds(cond_emb), text_emb.to(self.dtype), bos_emb, bos_emb], dim=1)
 
-    def prefill(self, prefix: Tensor) -> Tensor:
-        """Fill the cache with the prefix (2, P, dim); returns the logits (2, V) for the first token."""
+    def cond_embeds(self, cond_emb: Tensor) -> Tensor:
+        """A voice's conditioning (1, C, dim) as the first C prefix positions of both CFG rows (2, C, dim)."""
+        return cond_emb.to(self.t3.text_emb.weight.dtype).expand(2, -1, -1).to(self.dtype)
+
+    @torch.inference_mode()
+    def cache_prefix(self, cond_emb: Tensor) -> PrefixKV:
+        """Run a voice's conditioning once; `prefill(..., cached=)` then starts after it."""
+        embeds = self.cond_embeds(cond_emb)
+        length = embeds.shape[1]
+        with self._lock:
+            self._forward(embeds, torch.zeros((), dtype=torch.long, device=self.device), length, prefill=True)
+            return PrefixKV(self.k_cache[:, :, :, :length].clone(), self.v_cache[:, :, :, :length].clone())
+
+    def prefill(self, prefix: Tensor, cached: PrefixKV | None = None) -> Tensor:
+        """Fill the cache with the prefix (2, P, dim); returns the logits (2, V) for the first token.
+
+        With `cached` (the K/V of prefix[:, :C], from `cache_prefix`) only positions C.. are computed.
+        """
         if prefix.shape[1] >= self.max_len:
             raise ValueError(
                 f"prefix of {prefix.shape[1]} positions does not fit the {self.max_len}-slot cache"
             )
-        start = torch.zeros((), dtype=torch.long, device=self.device)
-        hidden = self._forward(prefix, start, prefix.shape[1], prefill=True)
+        done = 0
+        if cached is not None:
+            done = cached.length
+            self.k_cache[:, :, :, :done] = cached.keys
+            self.v_cache[:, :, :, :done] = cached.values
+        start = torch.tensor(done, dtype=torch.long, device=self.device)
+        hidden = self._forward(prefix[:, done:], start, prefix.shape[1], prefill=True)
         return self._logits(hidden[:, -1])
 
     def kv_bucket(self, positions: int) -> int:
@@ -281,21 +318,23 @@ class T3Decoder:
         cancel: CancelFlag | None = None,
         check_every: int = 8,
         first_block: int | None = None,
+        cached: PrefixKV | None = None,
     ) -> Generator[list[int], None, None]:
         """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks.
 
         The stop token is looked for on the host every `check_every` steps (one sync per block, not
         per step), the first time after `first_block` steps if given (what the caller needs for its
-        first chunk); tokens after it are discarded. Stops early when `cancel` is set. The decoder
+        first chunk); tokens after it are discarded. `cached`: the K/V of the prefix's leading
+        conditioning positions (see `prefill`). Stops early when `cancel` is set. The decoder
         is single-tenant: concurrent calls wait for each other.
         """
         with self._lock:
             yield from self._generate(prefix, max_tokens, params, generator, cancel,
-                                      check_every, first_block or check_every)
+                                      check_every, first_block or check_every, cached)
 
     def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
                   generator: torch.Generator | None, cancel: CancelFlag | None,
-                  check_every: int, first_block: int) -> Iterator[list[int]]:
+                  check_every: int, first_block: int, cached: PrefixKV | None) -> Iterator[list[int]]:
         prefix_len = prefix.shape[1]
         max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
         if max_tokens <= 0:
@@ -303,7 +342,7 @@ class T3Decoder:
         self.seen.zero_()
         self.seen[self.hp.start_speech_token] = True  # upstream's generated_ids starts with BOS
         vocab = self.hp.speech_tokens_dict_size
-        logits = self.prefill(prefix)
+        logits = self.prefill(prefix, cached)
         token = self._sample(logits, params, self._noise(vocab, generator))
         stop = self.hp.stop_speech_token
         block: list[Tensor] = [token]
