@@ -60,10 +60,10 @@ class TTSConfig:
     # Crossfade at chunk seams, milliseconds.
     crossfade_ms: float = 20.0
     # Decode T3 on its own thread (and CUDA stream) while the vocoder works on the previous chunk.
-    # null = auto: on with CUDA; off on CPU, where the two compete for the same cores (measured on
-    # 2 cores: slower first audio and total time than decoding and vocoding in turn).
+    # null = auto: on with CUDA; off on CPU, where the two compete for the same cores (on 2 cores
+    # it made no reliable difference: `chatterd bench stream`, fast vs fast_pipelined).
     pipeline: bool | None = None
-    # torch.compile the T3 step (and warm every shape up before serving).
+    # torch.compile the T3 step and the flow estimator (and warm every shape up before serving).
     compile: bool = False
     # Threads for CPU inference; null = torch's default.
     threads: int | None = None

@@ -172,14 +172,25 @@ class StreamingTTS:
         self.decoder = T3Decoder(t3, dtype=dtype, max_len=max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
-        # Each voice's conditioning K/V, computed once: a request's prefill starts at its text.
-        self.prefix_kv = {voice.name: self.decoder.cache_prefix(voice.cond_emb) for voice in voices}
+        # Each voice's conditioning K/V, computed once (at load for the configured voices): a
+        # request's prefill starts at its text.
+        self._prefix_kv: dict[str, tuple[Voice, PrefixKV]] = {}
+        for voice in voices:
+            self.prefix_kv(voice)
         self.flow_estimator = FlowEstimator(s3gen.flow.decoder.estimator, compile=config.compile)
         self.params = SamplingParams(
             temperature=config.temperature, cfg_weight=config.cfg_weight,
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
         )
         self._lock = threading.Lock()
+
+    def prefix_kv(self, voice: Voice) -> PrefixKV:
+        """The K/V of `voice`'s conditioning prefix (computed on first use of a voice added later)."""
+        entry = self._prefix_kv.get(voice.name)
+        if entry is None or entry[0] is not voice:
+            entry = (voice, self.decoder.cache_prefix(voice.cond_emb))
+            self._prefix_kv[voice.name] = entry
+        return entry[1]
 
     @property
     def pipelined(self) -> bool:
@@ -332,7 +343,7 @@ class StreamingTTS:
         target = schedule.next()
         halt = threading.Event()  # set when the consumer is done early: the decoder stops too
         try:
-            for block in self._decoded_blocks(prefix, self.prefix_kv[voice.name], budget, generator, halt,
+            for block in self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt,
                                               cancel, stats):
                 produced += len(block)
                 # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
@@ -387,13 +398,6 @@ class StreamingTTS:
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
 
         def produce() -> None:
-            threads = torch.get_num_threads()
-            if side_stream is None:
-                # OpenMP teams are per thread. Two full teams on the same cores make libgomp stop
-                # spinning, and every parallel region of both then pays a futex wake-up (the
-                # vocoder slowed down beside a decoder thread that was merely idle). The decoder
-                # takes half the threads.
-                torch.set_num_threads(max(1, threads // 2))
             try:
                 with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
                     for block in blocks:
@@ -401,9 +405,6 @@ class StreamingTTS:
                 handoff.put(None)
             except BaseException as exc:  # handed to the consumer, which raises it
                 handoff.put(exc)
-            finally:
-                if side_stream is None:
-                    torch.set_num_threads(threads)  # the default for threads started later
 
         worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
         worker.start()

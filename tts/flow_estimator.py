@@ -76,9 +76,10 @@ class FlowEstimator:
         buckets = sorted({bucket(n) for n in frame_counts})
         self.warmed.update(buckets)
         for frames in buckets:
-            z = torch.zeros(rows, 80, frames, device=device)
-            self(z, torch.ones(rows, 1, frames, device=device), z, torch.zeros(rows, device=device),
-                 torch.zeros(rows, 80, device=device), z)
+            # Distinct tensors, as the solver passes: graphs are guarded on inputs aliasing each other.
+            x, mu, cond = (torch.zeros(rows, 80, frames, device=device) for _ in range(3))
+            self(x, torch.ones(rows, 1, frames, device=device), mu, torch.zeros(rows, device=device),
+                 torch.zeros(rows, 80, device=device), cond)
         return len(buckets)
 
     def _unet(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
