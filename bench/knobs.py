@@ -39,7 +39,7 @@ def run(checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = No
     from tts.config import TTSConfig
     from tts.engine import StreamingTTS
     from tts.flow_estimator import FlowEstimator
-    from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN
+    from tts.vocoder import window_frames
 
     defaults = TTSConfig(checkpoint=str(checkpoint), dtype="int8")
     engine = StreamingTTS.load(defaults)
@@ -58,9 +58,8 @@ def run(checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = No
         estimator, compile_s = None, None
         if cfg.compile:
             estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
-            longest = cfg.context_tokens + cfg.max_chunk_tokens + LOOKAHEAD
             t0 = time.perf_counter()
-            estimator.warm_up([prompt.mels.shape[1] + MEL_PER_TOKEN * n for n in range(1, longest + 1)],
+            estimator.warm_up(window_frames(prompt, cfg.context_tokens, cfg.max_chunk_tokens),
                               rows=2 if cfg.flow_cfg_rate > 0 else 1, device=engine.device)
             compile_s = time.perf_counter() - t0
         seconds, streamed = [], None

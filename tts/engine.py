@@ -31,7 +31,7 @@ from tts.errors import CheckpointError, SynthesisError, TTSError
 from tts.flow_estimator import FlowEstimator
 from tts.t3 import PrefixKV, SamplingParams, T3Decoder, cast_for_decoding
 from tts.text import normalize, token_budget
-from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN, SAMPLE_RATE, StreamingVocoder
+from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, window_frames
 from tts.voices import (
     DEFAULT_VOICE,
     Voice,
@@ -270,10 +270,8 @@ class StreamingTTS:
             shortest = COND_POSITIONS + 2 + 2 + 1
             n = self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params)
             log.info("warm-up: %d T3 step graphs compiled", n)
-            # Every window the vocoder can see: voice prompt + up to context + chunk + lookahead.
-            longest = cfg.context_tokens + cfg.max_chunk_tokens + LOOKAHEAD
-            frames = [voice.prompt.mels.shape[1] + MEL_PER_TOKEN * n
-                      for voice in self.voice_bank for n in range(1, longest + 1)]
+            frames = [n for voice in self.voice_bank
+                      for n in window_frames(voice.prompt, cfg.context_tokens, cfg.max_chunk_tokens)]
             n = self.flow_estimator.warm_up(frames, rows=2 if cfg.flow_cfg_rate > 0 else 1, device=self.device)
             log.info("warm-up: flow estimator compiled and run at %d window lengths", n)
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.

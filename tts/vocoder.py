@@ -55,6 +55,12 @@ class VoicePrompt:
                    torch.atleast_2d(ref["embedding"]).to(device=device, dtype=torch.float32))
 
 
+def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int) -> range:
+    """Every flow length a request can run with this prompt: prompt + 1..context+chunk+lookahead tokens."""
+    first = prompt.mels.shape[1] + MEL_PER_TOKEN
+    return range(first, first + MEL_PER_TOKEN * (context_tokens + max_chunk_tokens + LOOKAHEAD), MEL_PER_TOKEN)
+
+
 class StreamingVocoder:
     """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
 
