@@ -110,8 +110,9 @@ def _assert_close(logits: torch.Tensor, reference: torch.Tensor, max_error: floa
 
 
 @torch.inference_mode()
-def test_prefill_after_the_cached_conditioning_matches_the_full_prefill(t3_fp32, checkpoint_dir):
-    """The engine caches each voice's conditioning K/V; a request's prefill then starts at its text."""
+def test_prefill_after_the_cached_prefix_matches_the_full_prefill(t3_fp32, checkpoint_dir):
+    """The engine caches each voice's conditioning K/V and its unconditional row's (text-free) text
+    positions; a request's prefill then computes its text in the conditional row only."""
     from chatterbox.models.tokenizers import EnTokenizer
 
     from tts.t3 import SamplingParams, T3Decoder
@@ -125,11 +126,16 @@ def test_prefill_after_the_cached_conditioning_matches_the_full_prefill(t3_fp32,
     decoder = T3Decoder(t3_fp32, dtype=torch.float32, max_len=256)
     prefix = decoder.prefix_embeds(voice.cond_emb, ids)
     full = decoder.prefill(prefix)
-    cached = decoder.cache_prefix(voice.cond_emb)
-    assert cached.length == voice.cond_emb.shape[1] < prefix.shape[1]
-    assert (decoder.prefill(prefix, cached) - full).abs().max().item() < 1e-3
+    text_positions = ids.shape[1]
+    # Unconditional text cached for exactly this text, for a longer one, for part of it, and for none
+    # of it (then the unconditional row computes the rest of its text itself).
+    for cached_text in (text_positions, text_positions + 30, text_positions - 3, 0):
+        cached = decoder.cache_prefix(voice.cond_emb, cached_text)
+        assert cached.cond_len == voice.cond_emb.shape[1] and cached.text_len == cached_text
+        assert (decoder.prefill(prefix, cached) - full).abs().max().item() < 1e-3
 
     params = SamplingParams(repetition_penalty=1.2, cfg_weight=0.5, greedy=True)
     without = [t for block in decoder.generate(prefix, 20, params) for t in block]
+    cached = decoder.cache_prefix(voice.cond_emb, text_positions + 30)
     with_cache = [t for block in decoder.generate(prefix, 20, params, cached=cached) for t in block]
     assert with_cache == without

@@ -172,8 +172,8 @@ class StreamingTTS:
         self.decoder = T3Decoder(t3, dtype=dtype, max_len=max_prefix + config.max_speech_tokens,
                                  int8=int8, compile=config.compile)
         self.decoder.release_upstream_layers()
-        # Each voice's conditioning K/V, computed once (at load for the configured voices): a
-        # request's prefill starts at its text.
+        # Each voice's conditioning K/V and its unconditional row's text positions, computed once (at
+        # load for the configured voices): a request's prefill computes its text in one CFG row only.
         self._prefix_kv: dict[str, tuple[Voice, PrefixKV]] = {}
         for voice in voices:
             self.prefix_kv(voice)
@@ -185,10 +185,10 @@ class StreamingTTS:
         self._lock = threading.Lock()
 
     def prefix_kv(self, voice: Voice) -> PrefixKV:
-        """The K/V of `voice`'s conditioning prefix (computed on first use of a voice added later)."""
+        """The K/V every request of `voice` starts with (computed on first use of a voice added later)."""
         entry = self._prefix_kv.get(voice.name)
         if entry is None or entry[0] is not voice:
-            entry = (voice, self.decoder.cache_prefix(voice.cond_emb))
+            entry = (voice, self.decoder.cache_prefix(voice.cond_emb, self.config.max_text_tokens + 2))
             self._prefix_kv[voice.name] = entry
         return entry[1]
 

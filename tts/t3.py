@@ -47,16 +47,23 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class PrefixKV:
-    """Keys and values of the positions every request of a voice starts with (its conditioning),
-    both CFG rows: (layers, 2, kv_heads, C, head_dim) each. Causal attention makes them independent
-    of the text that follows, so a request's prefill starts after them."""
+    """Keys and values every request of a voice starts with, each (layers, kv_heads, P, head_dim).
+
+    Positions :cond_len are the voice's conditioning, the same in both CFG rows. The positions after
+    them are the unconditional row's text positions: that row has no text (position embeddings
+    only), so causal attention makes its K/V depend on the voice and on the position alone, and a
+    request of T text positions copies the first T. A request's prefill then computes only its text
+    in the conditional row and the BOS pair in the unconditional one: about half the work.
+    """
 
     keys: Tensor
     values: Tensor
+    cond_len: int
 
     @property
-    def length(self) -> int:
-        return int(self.keys.shape[3])
+    def text_len(self) -> int:
+        """How many unconditional text positions are cached (the longest text they cover)."""
+        return int(self.keys.shape[2]) - self.cond_len
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -166,9 +173,10 @@ class T3Decoder:
 
     # -- the transformer -------------------------------------------------------------------------
 
-    def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool) -> Tensor:
-        """Run the backbone on x (2, S, dim) at positions start..start+S-1, attending over the cache's
-        first kv_len slots; returns normed hidden states."""
+    def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool, rows: slice | None = None) -> Tensor:
+        """Run the backbone on x (B, S, dim) at positions start..start+S-1, attending over the cache's
+        first kv_len slots; returns normed hidden states. `rows`: the cache rows x is for (B of the
+        two CFG rows); None = both."""
         bsz, seq, _ = x.shape
         idx = start + torch.arange(seq, device=x.device)  # (S,)
         cos = self.cos.index_select(0, idx)[None, None]  # (1, 1, S, head_dim)
@@ -180,6 +188,8 @@ class T3Decoder:
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
         for i, block in enumerate(self.blocks):
+            k_cache = self.k_cache[i] if rows is None else self.k_cache[i, rows]  # (B, H, max_len, D)
+            v_cache = self.v_cache[i] if rows is None else self.v_cache[i, rows]
             h = _rms_norm(x, block.ln1, self.eps)
             q, k, v = block.qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (2, H, S, D)
@@ -187,13 +197,13 @@ class T3Decoder:
             v = v.view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k_cache[i].index_copy_(2, idx, k)
-            self.v_cache[i].index_copy_(2, idx, v)
+            k_cache.index_copy_(2, idx, k)
+            v_cache.index_copy_(2, idx, v)
             if own_only:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
-                keys = self.k_cache[i, :, :, :kv_len]  # (2, H, kv_len, D)
-                values = self.v_cache[i, :, :, :kv_len]
+                keys = k_cache[:, :, :kv_len]  # (B, H, kv_len, D)
+                values = v_cache[:, :, :kv_len]
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + block.o(o.transpose(1, 2).reshape(bsz, seq, -1))
             h = _rms_norm(x, block.ln2, self.eps)
@@ -267,31 +277,43 @@ class T3Decoder:
         return cond_emb.to(self.t3.text_emb.weight.dtype).expand(2, -1, -1).to(self.dtype)
 
     @torch.inference_mode()
-    def cache_prefix(self, cond_emb: Tensor) -> PrefixKV:
-        """Run a voice's conditioning once; `prefill(..., cached=)` then starts after it."""
-        embeds = self.cond_embeds(cond_emb)
+    def cache_prefix(self, cond_emb: Tensor, text_positions: int = 0) -> PrefixKV:
+        """Run a voice's conditioning once, followed by `text_positions` positions of the
+        unconditional row's (empty) text; `prefill(..., cached=)` then skips what they cover."""
+        cond = self.cond_embeds(cond_emb)[1:]  # (1, C, dim)
+        text_len = min(text_positions, self.max_len - cond.shape[1] - 2)
+        no_text = self.t3.text_pos_emb(torch.zeros(1, text_len, dtype=torch.long, device=self.device))
+        embeds = torch.cat([cond, no_text.to(self.dtype)[None]], dim=1)  # as prefix_embeds' row 1
         length = embeds.shape[1]
         with self._lock:
-            self._forward(embeds, torch.zeros((), dtype=torch.long, device=self.device), length, prefill=True)
-            return PrefixKV(self.k_cache[:, :, :, :length].clone(), self.v_cache[:, :, :, :length].clone())
+            zero = torch.zeros((), dtype=torch.long, device=self.device)
+            self._forward(embeds, zero, length, prefill=True, rows=slice(1, 2))
+            return PrefixKV(self.k_cache[:, 1, :, :length].clone(), self.v_cache[:, 1, :, :length].clone(),
+                            cond_len=cond.shape[1])
 
     def prefill(self, prefix: Tensor, cached: PrefixKV | None = None) -> Tensor:
-        """Fill the cache with the prefix (2, P, dim); returns the logits (2, V) for the first token.
+        """Fill the cache with the prefix (2, P, dim) from `prefix_embeds`; returns the logits (2, V)
+        for the first token.
 
-        With `cached` (the K/V of prefix[:, :C], from `cache_prefix`) only positions C.. are computed.
+        With `cached` (from `cache_prefix` for the prefix's voice) the conditional row is computed
+        from its text on, the unconditional row from its first position that `cached` lacks (its
+        BOS pair when the text fits).
         """
-        if prefix.shape[1] >= self.max_len:
-            raise ValueError(
-                f"prefix of {prefix.shape[1]} positions does not fit the {self.max_len}-slot cache"
-            )
-        done = 0
-        if cached is not None:
-            done = cached.length
-            self.k_cache[:, :, :, :done] = cached.keys
-            self.v_cache[:, :, :, :done] = cached.values
-        start = torch.tensor(done, dtype=torch.long, device=self.device)
-        hidden = self._forward(prefix[:, done:], start, prefix.shape[1], prefill=True)
-        return self._logits(hidden[:, -1])
+        length = prefix.shape[1]
+        if length >= self.max_len:
+            raise ValueError(f"prefix of {length} positions does not fit the {self.max_len}-slot cache")
+        if cached is None:
+            start = torch.zeros((), dtype=torch.long, device=self.device)
+            return self._logits(self._forward(prefix, start, length, prefill=True)[:, -1])
+        text = length - cached.cond_len - 2  # [cond | text | BOS | BOS]
+        hidden = []
+        for row, done in ((0, cached.cond_len), (1, cached.cond_len + min(text, cached.text_len))):
+            self.k_cache[:, row, :, :done] = cached.keys[:, :, :done]
+            self.v_cache[:, row, :, :done] = cached.values[:, :, :done]
+            start = torch.tensor(done, dtype=torch.long, device=self.device)
+            out = self._forward(prefix[row:row + 1, done:], start, length, prefill=True, rows=slice(row, row + 1))
+            hidden.append(out[:, -1])
+        return self._logits(torch.cat(hidden))
 
     def kv_bucket(self, positions: int) -> int:
         bucket = KV_BUCKET
