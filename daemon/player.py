@@ -263,11 +263,14 @@ class Playback:
         self._on_first_audio = on_first_audio
         self._stop = threading.Event()
         self.samples = 0  # written by the player thread only
+        self._fed = 0  # samples handed to feed()
         self.first_frame_at: float | None = None
 
     def feed(self, pcm: npt.ArrayLike) -> None:
         """Queue a chunk of float mono PCM; it plays right after the previous one."""
-        self._player._put(self, np.asarray(pcm, dtype=np.float32).reshape(-1))
+        chunk = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        self._fed += len(chunk)
+        self._player._put(self, chunk)
 
     def end(self) -> None:
         """No more chunks: `result` resolves once the queued ones have been played."""
@@ -285,6 +288,11 @@ class Playback:
     @property
     def seconds(self) -> float:
         return self.samples / self._player.sample_rate
+
+    @property
+    def queued_seconds(self) -> float:
+        """Audio fed but not yet written to the sink (not counting the device's own buffer)."""
+        return max(0, self._fed - self.samples) / self._player.sample_rate
 
 
 class Player:

@@ -22,6 +22,7 @@ class FakeEngine:
     """Yields one `chunk_s` chunk of a 440 Hz sine (amplitude 0.5) per word, sleeping `delay_s` first.
 
     Honors `cancel` between chunks; records every call's text in `calls`, its voice in `voices_used`,
+    the audio it was told was still queued in `queued_s`,
     the number of chunks each call yielded in `yielded`, and when each call returned (or raised)
     in `returned_at` (time.monotonic()); `running` is True while a call is in progress.
     `first_delay_s` is slept once per call before the first chunk (a model's time to first audio);
@@ -45,6 +46,7 @@ class FakeEngine:
         self.yielded: list[int] = []
         self.cancelled: list[bool] = []
         self.voices_used: list[str | None] = []
+        self.queued_s: list[float] = []
         self.returned_at: list[float] = []
         self.running = False
         self.first_delay_s = first_delay_s
@@ -63,9 +65,11 @@ class FakeEngine:
         return len(text.split()) * self.chunk_samples()
 
     def stream(
-        self, text: str, voice: str | None = None, cancel: threading.Event | None = None
+        self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
+        queued_s: float = 0.0,
     ) -> Iterator[npt.NDArray[np.float32]]:
         self.calls.append(text)
+        self.queued_s.append(queued_s)
         self.voices_used.append(voice)
         self.yielded.append(0)
         self.cancelled.append(False)
@@ -148,9 +152,10 @@ class FaultyEngine:
         return float(self.inner.warm_up())
 
     def stream(
-        self, text: str, voice: str | None = None, cancel: threading.Event | None = None
+        self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
+        queued_s: float = 0.0,
     ) -> Iterator[npt.NDArray[np.float32]]:
-        chunks = self.inner.stream(text, voice, cancel)
+        chunks = self.inner.stream(text, voice, cancel, queued_s=queued_s)
         if self.marker not in text:
             yield from chunks
             return

@@ -16,18 +16,20 @@ class Playback:
 
 
 def simulate(schedule: ChunkSchedule, *, per_token_s: float, per_chunk_s: float, tokens: int,
-             timed: bool = True) -> Playback:
+             timed: bool = True, queued_s: float = 0.0) -> Playback:
     """Synthesise `tokens` tokens chunk by chunk: each chunk costs per_chunk_s + n * per_token_s.
-    `timed=False` keeps the schedule blind to the timings (the fixed geometric schedule)."""
+    `timed=False` keeps the schedule blind to the timings (the fixed geometric schedule).
+    `queued_s`: audio of an earlier sentence still playing when this one starts (then the first
+    chunk's stall counts too)."""
     now = 0.0
     left = tokens
-    buffered = 0.0
+    buffered = queued_s
     stalls: list[float] = []
     while left > 0:
         n = min(schedule.next(), left)
         elapsed = per_chunk_s + n * per_token_s
         now += elapsed
-        if schedule.sizes[:-1]:
+        if schedule.sizes[:-1] or queued_s > 0:
             stalls.append(max(0.0, elapsed - buffered))
             buffered = max(0.0, buffered - elapsed)
         buffered += n * TOKEN_S
@@ -84,3 +86,17 @@ def test_slow_synthesis_grows_geometrically_to_the_maximum():
 def test_never_above_the_maximum():
     playback = simulate(ChunkSchedule(8, 16, 2.0, 40), per_token_s=0.001, per_chunk_s=0.0, tokens=400)
     assert max(playback.sizes) == 40
+
+
+def test_audio_queued_before_the_request_lets_chunks_grow_at_once():
+    # A second sentence while 3 s of the first still play: knowing that, the schedule goes straight
+    # to large chunks (less repeated prompt and context per second of audio) and never stalls.
+    told = simulate(ChunkSchedule(10, 25, 2.0, 100, queued_s=3.0), per_token_s=0.01, per_chunk_s=0.05,
+                    tokens=300, queued_s=3.0)
+    blind = simulate(ChunkSchedule(10, 25, 2.0, 100), per_token_s=0.01, per_chunk_s=0.05, tokens=300,
+                     queued_s=3.0)
+    assert max(told.stalls) == 0.0
+    assert told.sizes[0] == 10  # first audio stays as quick as ever
+    assert told.sizes[1] == 100
+    assert blind.sizes[1] < 100
+    assert len(told.sizes) < len(blind.sizes)

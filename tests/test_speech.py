@@ -358,3 +358,15 @@ def test_request_queue_order_and_eviction() -> None:
     assert queue.position("n1") == 2 and "h1" in queue and "zz" not in queue
     assert queue.remove("h1") is not None and queue.remove("h1") is None
     assert queue.pop() is not None and [r.id for r in queue.clear()] == ["n1"] and len(queue) == 0
+
+
+async def test_each_sentence_is_told_how_much_audio_is_still_queued_ahead_of_it(harness: HarnessFactory) -> None:
+    # Synthesis far faster than playback: when the second sentence starts, most of the first one's
+    # second of audio is still waiting to play, and the engine hears so (to size its chunks).
+    engine = FakeEngine(chunk_s=0.2)
+    h = harness(engine, PacedSink(engine.sample_rate))
+    h.say("One two three four five. Six seven.", "q")
+    assert (await h.end_of("q")).event == "finished"
+    assert engine.calls == ["One two three four five.", "Six seven."]
+    assert engine.queued_s[0] == 0.0
+    assert 0.5 < engine.queued_s[1] <= 1.0

@@ -78,16 +78,19 @@ class ChunkSchedule:
     - synthesis faster than playback: `minimum` (the shortest stall; the buffer then builds up);
     - synthesis slower than playback: grow by `growth` (fewer, larger calls finish soonest).
     Without timings (`emitted` never called) it is geometric: first, minimum, minimum * growth, ...
+    `queued_s`: audio already queued ahead of playback when the request starts (the previous
+    sentence's tail); it plays while the first chunk is synthesised.
     """
 
-    def __init__(self, first: int, minimum: int, growth: float, maximum: int, headroom: float = 0.5) -> None:
+    def __init__(self, first: int, minimum: int, growth: float, maximum: int, headroom: float = 0.5,
+                 queued_s: float = 0.0) -> None:
         self.first = first
         self.minimum = minimum
         self.growth = growth
         self.maximum = maximum
         self.headroom = headroom
         self.sizes: list[int] = []  # every size handed out, in order
-        self.buffered_s = 0.0  # audio queued ahead of playback after the last chunk (modelled)
+        self.buffered_s = queued_s  # audio queued ahead of playback after the last chunk (modelled)
         self._last_at = 0.0
         self._rate: float | None = None  # synthesis seconds per token, smoothed
         self._tokens = 0
@@ -112,7 +115,8 @@ class ChunkSchedule:
         seconds after the request started."""
         elapsed = at - self._last_at
         self._last_at = at
-        # Playback starts with the first chunk and stalls, rather than going negative, when dry.
+        # Playback starts with the first chunk (or plays what was queued before it) and stalls,
+        # rather than going negative, when dry.
         self.buffered_s = max(0.0, self.buffered_s - elapsed) + audio_s
         if tokens > 0:
             self._tokens += tokens
@@ -286,9 +290,11 @@ class StreamingTTS:
 
     def stream(self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
                max_tokens: int | None = None, stats: SynthesisStats | None = None,
-               seed: int | None = None) -> Iterator[npt.NDArray[np.float32]]:
+               seed: int | None = None, queued_s: float = 0.0) -> Iterator[npt.NDArray[np.float32]]:
         """Yield float32 PCM chunks for `text` as they are synthesised.
 
+        `queued_s`: seconds of audio the player still has queued from earlier text (the previous
+        sentence); the chunk schedule counts it as buffer, so chunks can grow sooner.
         Raises UnknownVoice before any work for an unknown voice, SynthesisError when synthesis
         fails. Checks `cancel` between chunks; a cancelled stream simply ends.
         """
@@ -303,7 +309,7 @@ class StreamingTTS:
         stats.text_chars = len(clean)
         with self._lock:
             try:
-                yield from self._stream(clean, selected, budget, cancel, stats, seed)
+                yield from self._stream(clean, selected, budget, cancel, stats, seed, queued_s)
             except (TTSError, GeneratorExit):
                 raise
             except torch.cuda.OutOfMemoryError as exc:
@@ -313,7 +319,7 @@ class StreamingTTS:
                 raise SynthesisError(f"synthesis failed: {exc}") from exc
 
     def _stream(self, text: str, voice: Voice, budget: int, cancel: threading.Event | None,
-                stats: SynthesisStats, seed: int | None) -> Iterator[npt.NDArray[np.float32]]:
+                stats: SynthesisStats, seed: int | None, queued_s: float) -> Iterator[npt.NDArray[np.float32]]:
         cfg = self.config
         start = time.perf_counter()
         seed = seed if seed is not None else cfg.seed
@@ -335,7 +341,7 @@ class StreamingTTS:
                                    generator=generator, flow_cfg_rate=cfg.flow_cfg_rate,
                                    estimator=self.flow_estimator)
         schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
-                                 cfg.max_chunk_tokens, cfg.chunk_headroom)
+                                 cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=max(0.0, queued_s))
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
