@@ -45,6 +45,6 @@ def report(results: dict[str, Any]) -> str:
              f"{s['max_speech_tokens']} speech tokens):"]
     for label in ("cold", "warm"):
         r = results[label]
-        lines.append(f"  {label} cache: load {r['load_s']:.1f} s, warm-up (compile {r['buckets']} step graphs) "
-                     f"{r['warm_up_s']:.1f} s")
+        lines.append(f"  {label} cache: load {r['load_s']:.1f} s, warm-up {r['warm_up_s']:.1f} s (T3: "
+                     f"{r['buckets']} step graphs; flow estimator: every window bucket; one request)")
     return "\n".join(lines)

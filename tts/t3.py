@@ -192,7 +192,7 @@ class T3Decoder:
             v_cache = self.v_cache[i] if rows is None else self.v_cache[i, rows]
             h = _rms_norm(x, block.ln1, self.eps)
             q, k, v = block.qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = q.view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (2, H, S, D)
+            q = q.view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
             k = k.view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
             v = v.view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
@@ -281,7 +281,8 @@ class T3Decoder:
         """Run a voice's conditioning once, followed by `text_positions` positions of the
         unconditional row's (empty) text; `prefill(..., cached=)` then skips what they cover."""
         cond = self.cond_embeds(cond_emb)[1:]  # (1, C, dim)
-        text_len = min(text_positions, self.max_len - cond.shape[1] - 2)
+        # No more than the cache and the text position table hold.
+        text_len = min(text_positions, self.max_len - cond.shape[1] - 2, self.t3.text_pos_emb.emb.num_embeddings)
         no_text = self.t3.text_pos_emb(torch.zeros(1, text_len, dtype=torch.long, device=self.device))
         embeds = torch.cat([cond, no_text.to(self.dtype)[None]], dim=1)  # as prefix_embeds' row 1
         length = embeds.shape[1]
