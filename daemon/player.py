@@ -292,7 +292,7 @@ class Playback:
     @property
     def queued_seconds(self) -> float:
         """Audio fed but not yet written to the sink (not counting the device's own buffer)."""
-        return max(0, self._fed - self.samples) / self._player.sample_rate
+        return (self._fed - self.samples) / self._player.sample_rate  # written <= fed, always
 
 
 class Player:

@@ -90,7 +90,7 @@ class ChunkSchedule:
         self.maximum = maximum
         self.headroom = headroom
         self.sizes: list[int] = []  # every size handed out, in order
-        self.buffered_s = queued_s  # audio queued ahead of playback after the last chunk (modelled)
+        self.buffered_s = max(0.0, queued_s)  # audio queued ahead of playback after the last chunk (modelled)
         self._last_at = 0.0
         self._rate: float | None = None  # synthesis seconds per token, smoothed
         self._tokens = 0
@@ -341,7 +341,7 @@ class StreamingTTS:
                                    generator=generator, flow_cfg_rate=cfg.flow_cfg_rate,
                                    estimator=self.flow_estimator)
         schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
-                                 cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=max(0.0, queued_s))
+                                 cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=queued_s)
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
