@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         "make-checkpoint", help="write a random-weight checkpoint (for tests and benches)"
     )
     make.add_argument("--random", type=Path, required=True, metavar="DIR", help="output directory")
+    make.add_argument("--model", default=None, metavar="FAMILY",
+                      help="turbo, original or multilingual (default: the default model, turbo)")
     make.add_argument("--seed", type=int, default=0)
     commands.add_parser(
         "bench", help="benchmarks (see bench/README.md); arguments pass through", add_help=False
@@ -65,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             print("OK")
         elif args.command == "make-checkpoint":
             from tts.checkpoint import make_random_checkpoint
+            from tts.families import DEFAULT_FAMILY, family
 
-            make_random_checkpoint(args.random, args.seed)
-            print(f"wrote a random-weight checkpoint to {args.random}")
+            fam = family(args.model or DEFAULT_FAMILY)
+            make_random_checkpoint(args.random, fam, args.seed)
+            print(f"wrote a random-weight {fam.name} checkpoint to {args.random}")
     except (ChatterdError, TTSError) as exc:
         print(f"chatterd: error: {exc}", file=sys.stderr)
         return 2

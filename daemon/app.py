@@ -221,7 +221,8 @@ def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> Non
     sink = open_sink(config.audio, EXPECTED_SAMPLE_RATE)
     try:
         systemd.notify(f"EXTEND_TIMEOUT_USEC={int(LOAD_BUDGET_S * 1e6)}", "STATUS=loading the model")
-        _LOGGER.info("loading the TTS engine from %s", config.tts.checkpoint)
+        _LOGGER.info("loading the %s model from %s", config.tts.model,
+                     config.tts.checkpoint or "its Hugging Face repository")
         engine = load_engine(config.tts)
         budget = COMPILE_WARM_UP_BUDGET_S if config.tts.compile else WARM_UP_BUDGET_S
         systemd.notify(

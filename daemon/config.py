@@ -332,7 +332,7 @@ def _resolve_relative_paths(config: Config, base: Path) -> None:
     updates: dict[str, Any] = {"voices": {name: resolve(p) for name, p in tts.voices.items()}}
     if tts.cache_dir is not None:
         updates["cache_dir"] = resolve(tts.cache_dir)
-    if tts.checkpoint.startswith((".", "/", "~")):
+    if tts.checkpoint is not None and tts.checkpoint.startswith((".", "/", "~")):
         updates["checkpoint"] = resolve(tts.checkpoint)
     object.__setattr__(config, "tts", dataclasses.replace(tts, **updates))
     mqtt_files: dict[str, Any] = {

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_CHECKPOINT = "ResembleAI/chatterbox"
+from tts.families import DEFAULT_FAMILY, FAMILIES
 
 
 @dataclass(frozen=True)
 class TTSConfig:
-    # Hugging Face repo id, or a local directory with the five checkpoint files.
-    checkpoint: str = DEFAULT_CHECKPOINT
+    # Which member of the Chatterbox family: turbo | original | multilingual (tts.families).
+    model: str = DEFAULT_FAMILY
+    # Hugging Face repo id, or a local directory with the family's checkpoint files; null = the
+    # family's own hub repository.
+    checkpoint: str | None = None
+    # Language of requests that name none; null = the family's default (en).
+    language: str | None = None
     # "auto" picks cuda when available, else cpu.
     device: str = "auto"
     # T3 weight dtype: auto | float32 | bfloat16 | float16 | int8 (int8 = dynamic-quantized linears, CPU).
@@ -24,13 +29,15 @@ class TTSConfig:
     default_voice: str = "default"
     # Where computed voice conditionals and compile artefacts are cached; null = no disk cache.
     cache_dir: str | None = None
-    # Sampling.
-    temperature: float = 0.8
-    cfg_weight: float = 0.5
-    exaggeration: float = 0.5
-    repetition_penalty: float = 1.2
-    min_p: float = 0.05
-    top_p: float = 1.0
+    # Sampling; null = the family's upstream default (tts.families). cfg_weight only applies to a
+    # family that decodes with CFG, exaggeration to one with an emotion input.
+    temperature: float | None = None
+    cfg_weight: float | None = None
+    exaggeration: float | None = None
+    repetition_penalty: float | None = None
+    min_p: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     # Fixed seed for reproducible output; null = fresh randomness per request.
     seed: int | None = None
     # Length guard: at most ceil(chars * max_tokens_per_char) speech tokens (25 tokens = 1 s),
@@ -51,10 +58,11 @@ class TTSConfig:
     chunk_headroom: float = 0.5
     # Already-vocoded tokens fed again as left context at every chunk (prosody continuity).
     context_tokens: int = 50
-    # Flow-matching (CFM) Euler steps in the vocoder; upstream uses 10.
-    flow_steps: int = 10
-    # Classifier-free guidance rate inside the flow matching (upstream: 0.7); 0 halves its cost.
-    flow_cfg_rate: float = 0.7
+    # Flow-matching (CFM) Euler steps in the vocoder; null = the family's (original 10, Turbo 2).
+    flow_steps: int | None = None
+    # Classifier-free guidance rate inside the flow matching; null = the family's (original 0.7,
+    # Turbo 0: its meanflow decoder has CFG distilled in). 0 halves the original's vocoder cost.
+    flow_cfg_rate: float | None = None
     # Cap on the voice-prompt tokens prepended to every vocoder call (null = the full prompt, ~10 s).
     prompt_tokens: int | None = None
     # Crossfade at chunk seams, milliseconds.
@@ -69,31 +77,42 @@ class TTSConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        def unset_or(value: float | None, ok: bool) -> bool:
+            return value is None or ok
+
         checks: list[tuple[bool, str]] = [
+            (self.model in FAMILIES, f"model must be one of {', '.join(FAMILIES)}"),
+            (self.language is None or self.language in FAMILIES[self.model].languages
+             if self.model in FAMILIES else True,
+             f"language must be one the model speaks: {', '.join(FAMILIES[self.model].languages)}"
+             if self.model in FAMILIES else ""),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "device must be auto, cpu, cuda or cuda:N"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16", "int8"),
              "dtype must be auto, float32, bfloat16, float16 or int8"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.cfg_weight >= 0, "cfg_weight must be >= 0"),
-            (0 <= self.exaggeration <= 2, "exaggeration must be in 0..2"),
-            (self.repetition_penalty >= 1, "repetition_penalty must be >= 1"),
-            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (unset_or(self.temperature, (self.temperature or 0) > 0), "temperature must be > 0"),
+            (unset_or(self.cfg_weight, (self.cfg_weight or 0) >= 0), "cfg_weight must be >= 0"),
+            (unset_or(self.exaggeration, 0 <= (self.exaggeration or 0) <= 2), "exaggeration must be in 0..2"),
+            (unset_or(self.repetition_penalty, (self.repetition_penalty or 0) >= 1), "repetition_penalty must be >= 1"),
+            (unset_or(self.min_p, 0 <= (self.min_p or 0) < 1), "min_p must be in [0, 1)"),
+            (unset_or(self.top_p, 0 < (self.top_p or 0) <= 1), "top_p must be in (0, 1]"),
             (self.max_tokens_per_char > 0, "max_tokens_per_char must be > 0"),
             (self.max_speech_tokens >= 1, "max_speech_tokens must be >= 1"),
             (self.max_text_tokens >= 8, "max_text_tokens must be >= 8"),
             (not (self.compile and self.dtype == "int8"),
              "compile cannot be used with dtype int8: its fbgemm int8 kernels cannot be traced by "
              "torch.compile (and are already fused); use compile: false, or a float dtype"),
+            (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 = off) or null"),
+            (not (self.model in FAMILIES and FAMILIES[self.model].flow.meanflow and (self.flow_cfg_rate or 0) > 0),
+             "flow_cfg_rate must be 0 or null for the turbo model: its meanflow decoder has CFG distilled in"),
             (self.first_chunk_tokens >= 1, "first_chunk_tokens must be >= 1"),
             (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
             (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
             (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
             (0 < self.chunk_headroom <= 1, "chunk_headroom must be in (0, 1]"),
             (self.context_tokens >= 0, "context_tokens must be >= 0"),
-            (1 <= self.flow_steps <= 50, "flow_steps must be in 1..50"),
-            (0 <= self.flow_cfg_rate <= 2, "flow_cfg_rate must be in 0..2"),
+            (unset_or(self.flow_steps, 1 <= (self.flow_steps or 0) <= 50), "flow_steps must be in 1..50"),
+            (unset_or(self.flow_cfg_rate, 0 <= (self.flow_cfg_rate or 0) <= 2), "flow_cfg_rate must be in 0..2"),
             (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),
             (0 <= self.crossfade_ms <= 200, "crossfade_ms must be in 0..200"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),

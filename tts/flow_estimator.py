@@ -36,12 +36,14 @@ class FlowEstimator:
 
     def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None) -> None:
         # `estimator`: upstream's chatterbox ConditionalDecoder (untyped, so Any at this boundary).
-        if estimator.static_chunk_size != 0 or getattr(estimator, "meanflow", False):
-            raise ValueError("FlowEstimator supports the full-context, non-meanflow S3Gen estimator only")
+        if estimator.static_chunk_size != 0:
+            raise ValueError("FlowEstimator supports the full-context S3Gen estimator only")
         for _, _, down in estimator.down_blocks:
             if down.__class__.__name__ == "Downsample1D":  # a strided level would need per-level masks
                 raise ValueError("FlowEstimator supports the single-level (unstrided) S3Gen estimator only")
         self.estimator = estimator
+        # Turbo's distilled estimator also takes the step's end time r, mixed into the time embedding.
+        self.meanflow: bool = bool(getattr(estimator, "meanflow", False))
         self.compiled = compile
         # Buckets exist for compiled graphs; eager runs skip the padding (up to 31 wasted frames).
         self.bucketed = compile if bucketed is None else bucketed
@@ -55,41 +57,51 @@ class FlowEstimator:
         self.lengths_seen: set[int] = set()  # padded lengths run so far
         self.warmed: set[int] = set()  # padded lengths run by warm_up
 
-    def __call__(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
-        """Any T; a caller that loops (the ODE solver) pads once with `pad` instead."""
+    def __call__(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor,
+                 r: Tensor | None = None) -> Tensor:
+        """Any T; a caller that loops (the ODE solver) pads once with `pad` instead. `r` (B,): the
+        step's end time, for a meanflow estimator (ignored otherwise)."""
         frames = x.shape[-1]
         # Contiguous inputs: compiled graphs are guarded on strides, and callers pass expanded views.
         if self.bucketed:
             x, mask, mu, cond = pad_to_bucket(x, mask, mu, cond)
         x, mask, mu, cond = (v.contiguous() for v in (x, mask, mu, cond))
         t, spks = t.contiguous(), spks.contiguous()
+        r = t if r is None else r.contiguous()
         self.lengths_seen.add(x.shape[-1])
-        return self._forward(x, mask, mu, t, spks, cond)[:, :, :frames]
+        return self._forward(x, mask, mu, t, spks, cond, r)[:, :, :frames]
 
     def pad(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """`pad_to_bucket` when bucketed, else the tensors as they are."""
         return pad_to_bucket(*tensors) if self.bucketed else tensors
 
     @torch.inference_mode()
-    def warm_up(self, frame_counts: Iterable[int], rows: int, device: torch.device) -> int:
+    def warm_up(self, frame_counts: Iterable[int], rows: int, device: torch.device,
+                progress: Callable[[int, int], None] | None = None) -> int:
         """Run every bucket that `frame_counts` fall into, `rows` CFG rows each; returns how many."""
         buckets = sorted({bucket(n) for n in frame_counts})
         self.warmed.update(buckets)
-        for frames in buckets:
+        for n, frames in enumerate(buckets, start=1):
             # Distinct tensors, as the solver passes: graphs are guarded on inputs aliasing each other.
             x, mu, cond = (torch.zeros(rows, 80, frames, device=device) for _ in range(3))
             self(x, torch.ones(rows, 1, frames, device=device), mu, torch.zeros(rows, device=device),
-                 torch.zeros(rows, 80, device=device), cond)
+                 torch.zeros(rows, 80, device=device), cond, torch.ones(rows, device=device))
+            if progress is not None:
+                progress(n, len(buckets))
         return len(buckets)
 
-    def _unet(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor) -> Tensor:
+    def _unet(self, x: Tensor, mask: Tensor, mu: Tensor, t: Tensor, spks: Tensor, cond: Tensor,
+              r: Tensor) -> Tensor:
         """Upstream's ConditionalDecoder.forward for its single-level configuration.
 
-        x, mu, cond: (B, 80, T); mask: (B, 1, T); t: (B,); spks: (B, 80). Every level runs at T
+        x, mu, cond: (B, 80, T); mask: (B, 1, T); t, r: (B,); spks: (B, 80). Every level runs at T
         frames (the one "downsample" is an unstrided causal conv), so one mask serves all of them.
         """
         est = self.estimator
         emb = est.time_mlp(est.time_embeddings(t).to(t.dtype))  # (B, 1024)
+        if self.meanflow:
+            end = est.time_mlp(est.time_embeddings(r).to(t.dtype))
+            emb = est.time_embed_mixer(torch.cat([emb, end], dim=1))
         frames = x.shape[-1]
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, frames), cond], dim=1)  # (B, 320, T)
         bias = (1.0 - mask) * -1.0e10  # (B, 1, T): padded frames are never attended to

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tts.families import S3GEN_SILENCE, FlowSpec
 from tts.flow_estimator import FlowEstimator
 
 SAMPLE_RATE = 24000
@@ -28,7 +29,6 @@ MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
 SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
 LOOKAHEAD = 3  # tokens the flow encoder looks ahead (pre_lookahead_len)
 HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk
-FLOW_CFG_RATE = 0.7  # upstream's inference_cfg_rate inside the flow matching
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,12 @@ def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: in
 class StreamingVocoder:
     """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
 
-    def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow_steps: int,
+    def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow: FlowSpec, flow_steps: int,
                  context_tokens: int, crossfade_ms: float, generator: torch.Generator | None,
-                 flow_cfg_rate: float = FLOW_CFG_RATE, estimator: FlowEstimator | None = None) -> None:
+                 flow_cfg_rate: float, estimator: FlowEstimator | None = None) -> None:
         # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
+        # `flow`: the family's flow decoder (time schedule, tail silence); `flow_steps` and
+        # `flow_cfg_rate` as configured (a meanflow decoder has no CFG: its rate must be 0).
         # `estimator`: the engine's shared (maybe compiled) one; eager over s3gen's weights if None.
         self.flow = s3gen.flow
         self.estimator = estimator or FlowEstimator(s3gen.flow.decoder.estimator, compile=False)
@@ -80,10 +82,13 @@ class StreamingVocoder:
         device = prompt.tokens.device
         # Fixed noise for the whole request: prompt frames, then one column per output mel frame.
         prompt_frames = prompt.mels.shape[1]
-        out_frames = (max_tokens + LOOKAHEAD) * MEL_PER_TOKEN
+        self.tail = [S3GEN_SILENCE] * flow.tail_silence  # appended to the last window
+        out_frames = (max_tokens + LOOKAHEAD + len(self.tail)) * MEL_PER_TOKEN
         self.noise = torch.randn(1, 80, prompt_frames + out_frames, generator=generator,
                                  device=generator.device if generator is not None else device).to(device)
-        self.t_span = 1 - torch.cos(torch.linspace(0, 1, flow_steps + 1, device=device) * 0.5 * math.pi)
+        self.t_span = torch.linspace(0, 1, flow_steps + 1, device=device)
+        if flow.schedule == "cosine":
+            self.t_span = 1 - torch.cos(self.t_span * 0.5 * math.pi)
         with torch.inference_mode():
             self.spks = self.flow.spk_embed_affine_layer(F.normalize(prompt.xvector, dim=1))  # (1, 80)
         self.emitted_tokens = 0
@@ -110,6 +115,8 @@ class StreamingVocoder:
         """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now."""
         import time
 
+        if final and self.tail:
+            tokens = tokens + self.tail  # as upstream Turbo: a little silence after the last token
         end = len(tokens) if final else min(len(tokens) - LOOKAHEAD, self.emitted_tokens + (chunk or 0))
         if end <= self.emitted_tokens:
             return self._flush() if final else np.zeros(0, dtype=np.float32)
@@ -164,7 +171,7 @@ class StreamingVocoder:
         cond_in = torch.cat([cond, torch.zeros_like(cond)])[:rows]
         mask_in = mask.expand(rows, -1, -1)
         for t, r in zip(self.t_span[:-1], self.t_span[1:], strict=True):
-            dxdt = self.estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in)  # (rows, 80, T)
+            dxdt = self.estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in, r.expand(rows))  # (rows, 80, T)
             if rows == 2:
                 dxdt = (1.0 + rate) * dxdt[:1] - rate * dxdt[1:]
             x_in = (x_in[:1] + (r - t) * dxdt).expand(rows, -1, -1).contiguous()
@@ -208,14 +215,16 @@ class StreamingVocoder:
 
 
 @torch.inference_mode()
-def vocode_all(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int,
-               generator: torch.Generator | None, flow_cfg_rate: float = FLOW_CFG_RATE,
+def vocode_all(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, flow_steps: int | None = None,
+               generator: torch.Generator | None, flow_cfg_rate: float | None = None,
                max_tokens: int | None = None) -> npt.NDArray[np.float32]:
     """One-shot vocoding of a whole token sequence: the reference streaming is measured against.
 
     With the same generator seed and `max_tokens` as a streamed request, it draws the same noise.
+    Steps and CFG rate default to the family's own.
     """
-    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=max_tokens or len(tokens), flow_steps=flow_steps,
-                               context_tokens=len(tokens), crossfade_ms=0, generator=generator,
-                               flow_cfg_rate=flow_cfg_rate)
+    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=max_tokens or len(tokens), flow=flow,
+                               flow_steps=flow_steps or flow.steps, context_tokens=len(tokens), crossfade_ms=0,
+                               generator=generator,
+                               flow_cfg_rate=flow.cfg_rate if flow_cfg_rate is None else flow_cfg_rate)
     return vocoder.process(tokens, final=True)

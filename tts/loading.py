@@ -1,0 +1,136 @@
+"""Loading a family member: device and dtype, checkpoint, weights, tokenizer and voices.
+
+`load_model(config)` returns the parts the streaming engine serves from; it knows which files and
+upstream modules each family has (from its `tts.families.Family`), never how to decode them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tts.checkpoint import is_random_checkpoint, load_weights, resolve_checkpoint
+from tts.config import TTSConfig
+from tts.errors import DeviceError
+from tts.families import Family, family
+from tts.t3 import cast_for_decoding
+from tts.tokenizers import TextTokenizer, load_tokenizer
+from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """Upstream's modules with the family's weights, on their device, and the voices prepared for them."""
+
+    family: Family
+    t3: Any  # upstream's chatterbox T3 (untyped)
+    s3gen: Any  # upstream's chatterbox S3Gen
+    tokenizer: TextTokenizer
+    voices: VoiceBank
+    device: torch.device
+    dtype: torch.dtype  # T3's compute dtype
+    int8: bool  # T3's linear layers dynamically quantised
+    checkpoint_dir: Path
+
+    @property
+    def random_weights(self) -> bool:
+        return is_random_checkpoint(self.checkpoint_dir)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"tts.device is {name} but no CUDA device is available; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"tts.device is {name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(T3 compute dtype, int8 weights?). auto: bf16 on CUDA with bf16 support, fp16 on older
+    CUDA; on a CPU int8 weights (T3 is bound by reading its weights: int8 reads a quarter of fp32's)."""
+    if name == "int8":
+        if device.type != "cpu":
+            raise DeviceError("tts.dtype int8 is a CPU path; use bfloat16 or float16 on CUDA")
+        return torch.float32, True
+    if name != "auto":
+        return getattr(torch, name), False
+    if device.type == "cuda":
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), False
+    return torch.float32, True
+
+
+def load_model(config: TTSConfig) -> LoadedModel:
+    """Resolve the checkpoint (hub id, directory, or the family's repository), load and validate every part."""
+    from chatterbox.models.s3gen import S3Gen
+    from chatterbox.models.t3 import T3
+    from chatterbox.models.voice_encoder import VoiceEncoder
+
+    fam = family(config.model)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.cache_dir:
+        # Inductor's compiled kernels survive restarts here instead of under /tmp.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir).resolve() / "inductor"))
+    device = pick_device(config.device)
+    dtype, int8 = pick_dtype(config.dtype, device)
+    ckpt = resolve_checkpoint(config.checkpoint, fam)
+    t0 = time.perf_counter()
+
+    t3 = T3(fam.hparams())
+    load_weights(t3, ckpt / fam.t3_weights)
+    s3gen = S3Gen(meanflow=fam.flow.meanflow)
+    load_weights(s3gen, ckpt / fam.flow.weights, strict=False)
+    ve = VoiceEncoder()
+    load_weights(ve, ckpt / fam.ve_weights)
+    tokenizer = load_tokenizer(fam, ckpt)
+    t3.to(device).eval()
+    s3gen.to(device).eval()
+    ve.to(device).eval()
+
+    exaggeration = config.exaggeration if config.exaggeration is not None else fam.sampling.exaggeration
+    voices: dict[str, Voice] = {
+        DEFAULT_VOICE: build_voice(DEFAULT_VOICE, load_conds_file(ckpt / "conds.pt"), t3, exaggeration=exaggeration,
+                                   prompt_tokens=config.prompt_tokens, device=device)
+    }
+    cache_dir = Path(config.cache_dir) if config.cache_dir else None
+    for name, wav in config.voices.items():
+        conds = conditionals_from_wav(Path(wav), family=fam, ve=ve, s3gen=s3gen,
+                                      t3_prompt_len=t3.hp.speech_cond_prompt_len, cache_dir=cache_dir,
+                                      model_id=str(ckpt))
+        voices[name] = build_voice(name, conds, t3, exaggeration=exaggeration,
+                                   prompt_tokens=config.prompt_tokens, device=device)
+    del ve  # only needed to prepare voices
+
+    # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
+    if not int8 and dtype != torch.float32:
+        cast_for_decoding(t3, dtype)
+    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices), device, dtype, int8, ckpt)
+    log.info("loaded the %s model from %s in %.1f s%s", fam.name, ckpt, time.perf_counter() - t0,
+             " (RANDOM WEIGHTS: output is noise)" if model.random_weights else "")
+    return model
