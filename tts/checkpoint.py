@@ -8,7 +8,6 @@ for tests and benchmarks on machines that cannot download the real weights.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tts.errors import CheckpointError
+from tts.tokenizers import write_char_tokenizer as _write_char_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -195,30 +195,3 @@ def _write_synthetic_reference(path: Path, sr: int = 24000, seconds: float = 6.0
         w.setsampwidth(2)
         w.setframerate(sr)
         w.writeframes((pcm * 32767).astype("<i2").tobytes())
-
-
-def _write_char_tokenizer(path: Path) -> None:
-    """A character-level tokenizer.json with upstream's special tokens at upstream's ids.
-
-    T3 hard-codes start_text_token=255 and stop_text_token=0, so [STOP] is id 0 and [START] id 255.
-    """
-    from tokenizers import Tokenizer, models
-
-    specials = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]
-    chars = (
-        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-        ".,!?;:'\"-()&%$#@/+=*<>[]_~`^|\\{}"
-        "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßœÀÁÂÄÇÈÉÊËÎÏÑÓÔÖØÙÚÛÜ€£"
-    )
-    vocab: dict[str, int] = {}
-    for token in [*specials, *chars]:
-        vocab.setdefault(token, len(vocab))
-    assert len(vocab) < 255, "character set must fit below [START]"
-    while len(vocab) < 255:  # reserved ids, so the vocabulary has no holes below [START]
-        vocab[f"[UNUSED{len(vocab)}]"] = len(vocab)
-    vocab["[START]"] = 255
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
-    tokenizer.add_special_tokens(["[START]", *specials])
-    tokenizer.save(str(path))
-    # tokenizers writes a compact file; keep it human-diffable.
-    path.write_text(json.dumps(json.loads(path.read_text()), indent=1, ensure_ascii=False))
