@@ -74,8 +74,8 @@ class SpeechEngine(Protocol):
         ...
 
     def stream(
-        self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
-        queued_s: float = 0.0,
+        self, text: str, voice: str | None = None, language: str | None = None,
+        cancel: threading.Event | None = None, *, queued_s: float = 0.0,
     ) -> Iterator[npt.NDArray[np.float32]]:
         """Yield float32 mono PCM chunks while synthesis continues; stop early once `cancel` is set.
 
@@ -432,7 +432,7 @@ class SpeechService:
                 return
         active.sentences += 1
         parts: list[npt.NDArray[np.float32]] = []
-        chunks = self._engine.stream(sentence, voice, active.cancel, queued_s=playback.queued_seconds)
+        chunks = self._engine.stream(sentence, voice, cancel=active.cancel, queued_s=playback.queued_seconds)
         try:
             for chunk in chunks:
                 if active.cancel.is_set():

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from fakes import FakeEngine
-from model_fixtures import checkpoint_dir, engine, t3_fp32  # noqa: F401  (session fixtures for model tests)
+from model_fixtures import checkpoint_dir, engine  # noqa: F401  (session fixtures for model tests)
 
 CAPTURE_RATE = 24000
 

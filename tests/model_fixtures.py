@@ -1,7 +1,9 @@
-"""Session-scoped model fixtures: one random-weight checkpoint and one engine for the whole run.
+"""Session-scoped model fixtures: one random-weight checkpoint per family, one engine each.
 
-The checkpoint is full size (the real architecture, ~3 GB) and is made once per machine, under
-`var/test-checkpoint` in the repo (or $CHATTERD_TEST_CHECKPOINT), by the real CLI.
+Each checkpoint is full size (the real architecture, 3-4 GB) and is made once per machine, under
+`var/test-checkpoints/<family>` in the repo (or $CHATTERD_TEST_CHECKPOINTS/<family>), by the real
+CLI. `checkpoint_dir` and `engine` are the default family's (Turbo); `checkpoint_of(family)` and
+`engine_of(family)` give the others, loaded on first use.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fast_tts_settings(checkpoint: Path) -> dict[str, Any]:
+DEFAULT_FAMILY = "turbo"
+_CHECKPOINTS = Path(os.environ.get("CHATTERD_TEST_CHECKPOINTS", REPO / "var" / "test-checkpoints"))
+
+
+def fast_tts_settings(checkpoint: Path, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
     """Engine settings that keep CPU tests short: int8 T3, 2 flow steps, short prompt and chunks.
 
     Costs and audio shape follow the same code paths as the defaults; only sizes are smaller.
     """
     return {
+        "model": family,
         "checkpoint": str(checkpoint),
         "dtype": "int8",
         "flow_steps": 2,
@@ -36,36 +43,48 @@ def fast_tts_settings(checkpoint: Path) -> dict[str, Any]:
     }
 
 
+def checkpoint_of(family: str) -> Path:
+    """The family's random checkpoint, made by the real CLI the first time on this machine."""
+    path = _CHECKPOINTS / family
+    if not (path / "RANDOM_WEIGHTS.txt").exists():
+        subprocess.run([sys.executable, "-m", "daemon", "make-checkpoint", "--random", str(path), "--model", family],
+                       check=True)
+    return path
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def engine_of(family: str) -> Any:
+    """A warmed engine of `family` with the fast test settings, one per session."""
+    if family not in _ENGINES:
+        from tts.config import TTSConfig
+        from tts.engine import StreamingTTS
+
+        eng = StreamingTTS.load(TTSConfig(**fast_tts_settings(checkpoint_of(family), family)))
+        eng.warm_up()
+        _ENGINES[family] = eng
+    return _ENGINES[family]
+
+
 @pytest.fixture(scope="session")
 def checkpoint_dir() -> Path:
-    path = Path(os.environ.get("CHATTERD_TEST_CHECKPOINT", REPO / "var" / "test-checkpoint"))
-    if not (path / "RANDOM_WEIGHTS.txt").exists():
-        subprocess.run([sys.executable, "-m", "daemon", "make-checkpoint", "--random", str(path)], check=True)
-    return path
+    return checkpoint_of(DEFAULT_FAMILY)
 
 
 @pytest.fixture(scope="session")
 def engine(checkpoint_dir: Path) -> Any:
-    from tts.config import TTSConfig
-    from tts.engine import StreamingTTS
-
-    eng = StreamingTTS.load(TTSConfig(**fast_tts_settings(checkpoint_dir)))
-    eng.warm_up()
-    return eng
+    return engine_of(DEFAULT_FAMILY)
 
 
-def load_t3(checkpoint: Path) -> Any:
-    """A fresh upstream T3 module with the checkpoint's weights, in fp32."""
+def load_t3(checkpoint: Path, family: str) -> Any:
+    """A fresh upstream T3 module of `family` with the checkpoint's weights, in fp32."""
     from chatterbox.models.t3 import T3
 
-    from tts.engine import _load_state
+    from tts.checkpoint import load_weights
+    from tts.families import family as family_of
 
-    t3 = T3()
-    _load_state(t3, checkpoint / "t3_cfg.safetensors", strict=True)
+    fam = family_of(family)
+    t3 = T3(fam.hparams())
+    load_weights(t3, checkpoint / fam.t3_weights)
     return t3.eval()
-
-
-@pytest.fixture(scope="session")
-def t3_fp32(checkpoint_dir: Path) -> Any:
-    """Upstream's T3 module with the checkpoint's weights, in fp32 (the parity reference)."""
-    return load_t3(checkpoint_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tts.text import split_sentences
+from tts.text import TURBO_PUNC_NORM, join_sentences, normalize, split_sentences, strip_tags
 
 
 def test_sentences_are_split_at_their_ends() -> None:
@@ -48,3 +48,71 @@ def test_empty_text_has_no_pieces() -> None:
     assert split_sentences(" \n ", 50) == []
     with pytest.raises(ValueError):
         split_sentences("x", 0)
+
+
+# --- per-script splitting and normalisation, tags ------------------------------------------
+
+
+def test_cjk_sentences_end_without_spaces_and_join_without_them() -> None:
+    text = "前门开着。厨房的灯亮着！你好吗？「好」。最后"
+    pieces = split_sentences(text, 300, "zh")
+    assert pieces == ["前门开着。", "厨房的灯亮着！", "你好吗？", "「好」。", "最后"]
+    assert join_sentences(pieces, "zh") == text
+    long = "前门开着，厨房的灯亮着，窗户关着、我们回家了。"
+    pieces = split_sentences(long, 8, "ja")
+    assert pieces == ["前门开着，", "厨房的灯亮着，", "窗户关着、", "我们回家了。"]
+    assert join_sentences(pieces, "ja") == long
+    assert split_sentences("x" * 20 + "。", 8, "zh") == ["x" * 8, "x" * 8, "xxxx。"]
+
+
+def test_arabic_devanagari_and_greek_marks_end_sentences_at_spaces() -> None:
+    arabic = "مرحبا؟ كيف حالك، يا صديقي. شكرا"
+    assert split_sentences(arabic, 300, "ar") == ["مرحبا؟", "كيف حالك، يا صديقي.", "شكرا"]
+    assert split_sentences(arabic, 14, "ar") == ["مرحبا؟", "كيف حالك،", "يا صديقي.", "شكرا"]
+    hindi = "नमस्ते। आप कैसे हैं॥ ठीक"
+    assert split_sentences(hindi, 300, "hi") == ["नमस्ते।", "आप कैसे हैं॥", "ठीक"]
+    assert split_sentences("Τι κάνεις; Καλά.", 300, "el") == ["Τι κάνεις;", "Καλά."]
+    for text, language in ((arabic, "ar"), (hindi, "hi"), ("The door. 前门开着。Open", None)):
+        pieces = split_sentences(text, 12, language)
+        assert join_sentences(pieces, language) == " ".join(text.split())
+
+
+@pytest.mark.parametrize("language", [None, "en", "de", "ar", "hi", "zh", "ja"])
+def test_no_character_is_lost_or_repeated_in_any_script(language: str | None) -> None:
+    text = "前门开着。 The door, it is open!  مرحبا؟ नमस्ते। 厨房的灯亮着，窗户关着。" * 3
+    pieces = split_sentences(text, 10, language)
+    assert all(0 < len(p) <= 10 for p in pieces)
+    assert "".join("".join(pieces).split()) == "".join(text.split())
+
+
+def test_normalize_adds_the_scripts_own_full_stop() -> None:
+    assert normalize("前门开着", "zh") == "前门开着。"
+    assert normalize("台所の電気", "ja") == "台所の電気。"
+    assert normalize("नमस्ते", "hi") == "नमस्ते।"
+    assert normalize("مرحبا", "ar") == "مرحبا."
+    assert normalize("Guten Tag", "de") == "Guten Tag."
+    for ended in ("前门开着。", "你好吗？", "好！", "前门，", "مرحبا؟", "مرحبا،", "नमस्ते।", "ठीक॥"):
+        assert normalize(ended, "zh") == ended
+    assert normalize("Τι κάνεις;", "el") == "Τι κάνεις;"  # the Greek question mark is kept
+    assert normalize("one; two", "en") == "One,  two."  # upstream's table, double space and all
+
+
+def test_normalize_keeps_the_english_behaviour_and_takes_the_familys_table() -> None:
+    assert normalize("  hello \x07 there... “ok”: yes - no;") == 'Hello there,  "ok", yes, no,'
+    assert normalize("") == ""
+    assert normalize("wait... what - now;", punctuation=TURBO_PUNC_NORM) == "Wait... what - now;."
+
+
+def test_tags_are_stripped_without_leaving_double_spaces() -> None:
+    assert strip_tags("Hi [laugh], you [clear throat] there [Sigh]") == (
+        "Hi, you there",
+        ["[laugh]", "[clear throat]", "[Sigh]"],
+    )
+    assert strip_tags("[sigh] Okay.") == ("Okay.", ["[sigh]"])
+    assert strip_tags("Footnote [1] stays.") == ("Footnote [1] stays.", [])
+    assert strip_tags("No tags here.") == ("No tags here.", [])
+
+
+def test_kept_tags_pass_through_in_their_canonical_form() -> None:
+    keep = frozenset({"[laugh]", "[clear throat]"})
+    assert strip_tags("Ha [Laugh] so [clear throat] [wink].", keep) == ("Ha [laugh] so [clear throat].", ["[wink]"])

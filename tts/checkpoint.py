@@ -9,16 +9,14 @@ real weights. `load_weights` is the one way weights get into upstream's modules.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
-
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from tts.errors import CheckpointError
 from tts.families import FAMILIES, S3GEN_VOCAB, Family
@@ -77,14 +75,19 @@ def _validate_dir(path: Path, fam: Family) -> Path:
 def _download(repo_id: str, fam: Family) -> Path:
     # huggingface_hub is imported here: it is only needed for hub ids.
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     def fetch_all(local_only: bool) -> Path:
         local = None
-        for n, name in enumerate(fam.files, start=1):
+        names = (*fam.files, *fam.hub_extras)
+        for n, name in enumerate(names, start=1):
             if not local_only:
-                log.info("fetching %s from %s (file %d of %d)", name, repo_id, n, len(fam.files))
-            local = Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=local_only))
+                log.info("fetching %s from %s (file %d of %d)", name, repo_id, n, len(names))
+            try:
+                local = Path(hf_hub_download(repo_id=repo_id, filename=name, local_files_only=local_only))
+            except (EntryNotFoundError, LocalEntryNotFoundError):
+                if name not in fam.hub_extras:
+                    raise
         assert local is not None
         return local.parent
 
@@ -172,8 +175,6 @@ def make_random_checkpoint(out_dir: Path, fam: Family, seed: int = 0) -> None:
     from chatterbox.models.voice_encoder import VoiceEncoder
     from safetensors.torch import save_file
 
-    from tts import tokenizers
-
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
@@ -197,7 +198,7 @@ def make_random_checkpoint(out_dir: Path, fam: Family, seed: int = 0) -> None:
         save(s3gen, fam.flow.weights)
         ve = VoiceEncoder().eval()
         save(ve, fam.ve_weights)
-        tokenizers.write_tokenizer(fam.tokenizer, out_dir)
+        fam.write_tokenizer(out_dir)
 
         # The built-in voice: conditionals computed from a reference wav exactly as upstream does.
         wav_path = out_dir / "reference.wav"
@@ -261,30 +262,3 @@ def _write_synthetic_reference(path: Path, sr: int = 24000, seconds: float = 17.
         w.setsampwidth(2)
         w.setframerate(sr)
         w.writeframes((pcm * 32767).astype("<i2").tobytes())
-
-
-def _write_char_tokenizer(path: Path) -> None:
-    """A character-level tokenizer.json with upstream's special tokens at upstream's ids.
-
-    T3 hard-codes start_text_token=255 and stop_text_token=0, so [STOP] is id 0 and [START] id 255.
-    """
-    from tokenizers import Tokenizer, models
-
-    specials = ["[STOP]", "[UNK]", "[SPACE]", "[PAD]", "[SEP]", "[CLS]", "[MASK]"]
-    chars = (
-        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-        ".,!?;:'\"-()&%$#@/+=*<>[]_~`^|\\{}"
-        "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßœÀÁÂÄÇÈÉÊËÎÏÑÓÔÖØÙÚÛÜ€£"
-    )
-    vocab: dict[str, int] = {}
-    for token in [*specials, *chars]:
-        vocab.setdefault(token, len(vocab))
-    assert len(vocab) < 255, "character set must fit below [START]"
-    while len(vocab) < 255:  # reserved ids, so the vocabulary has no holes below [START]
-        vocab[f"[UNUSED{len(vocab)}]"] = len(vocab)
-    vocab["[START]"] = 255
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
-    tokenizer.add_special_tokens(["[START]", *specials])
-    tokenizer.save(str(path))
-    # tokenizers writes a compact file; keep it human-diffable.
-    path.write_text(json.dumps(json.loads(path.read_text()), indent=1, ensure_ascii=False))

@@ -199,6 +199,7 @@ class StreamingTTS:
             log.info("warm-up: flow estimator compiled and run at %d window lengths", n)
         else:
             total = 1
+        self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
@@ -227,11 +228,7 @@ class StreamingTTS:
         lang = language or self.default_language
         if lang not in self.family.languages:
             raise UnsupportedLanguage(lang, self.family.languages, self.family.name)
-        if not self.family.tags:
-            text, dropped = strip_tags(text)
-            if dropped:
-                log.debug("the %s model has no tags; dropped %s", self.family.name, " ".join(dropped))
-        clean = normalize(text, lang)
+        clean = self.clean(text, lang)
         if not clean:
             raise SynthesisError("nothing to say: the text is empty after normalisation")
         budget = token_budget(clean, self.config.max_tokens_per_char, self.config.max_speech_tokens)
@@ -251,6 +248,14 @@ class StreamingTTS:
                 raise OutOfMemory("out of memory during synthesis") from exc
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise SynthesisError(f"synthesis failed: {exc}") from exc
+
+    def clean(self, text: str, language: str) -> str:
+        """The one place text is cleaned: tags the family lacks dropped (its own pass through), then
+        normalised as the family's upstream does (punctuation, the script's full stop)."""
+        text, dropped = strip_tags(text, keep=self.tokenizer.tags)
+        if dropped:
+            log.debug("the %s model has no tags %s; dropped them", self.family.name, " ".join(dropped))
+        return normalize(text, language, punctuation=self.family.punctuation)
 
     def encode(self, text: str, language: str) -> torch.Tensor:
         """Normalised text -> the decoder's text positions (1, T); raises SynthesisError when too long."""

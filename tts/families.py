@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from tts import tokenizers
 from tts.errors import TTSError
+from tts.text import PUNC_NORM, TURBO_PUNC_NORM
+from tts.tokenizers import MTL_LANGUAGES, TextTokenizer
 
 # S3Gen's speech-token vocabulary, the same for every member: T3 ids at or above it (start/stop/pad
 # specials) cannot be vocoded and are dropped.
@@ -23,10 +27,6 @@ S3GEN_VOCAB = 6561
 # S3Gen's silence token (upstream `S3GEN_SIL`): Turbo appends a few after the last speech token.
 S3GEN_SILENCE = 4299
 
-MULTILINGUAL_LANGUAGES = (
-    "ar", "da", "de", "el", "en", "es", "fi", "fr", "he", "hi", "it", "ja", "ko", "ms", "nl", "no", "pl",
-    "pt", "ru", "sv", "sw", "tr", "zh",
-)
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,11 @@ class Family:
     cfg: bool  # decodes two rows (conditional, unconditional text) mixed by cfg_weight
     text_markers: bool  # text is wrapped in start/stop text tokens
     bos_repeats: int  # start-of-speech embeddings at the end of the prefix (upstream feeds 2 or 1)
-    tokenizer: str  # "char" | "gpt2" | "mtl": which loader in tts.tokenizers
-    tokenizer_files: tuple[str, ...]
+    load_tokenizer: Callable[[Path], TextTokenizer]  # checkpoint dir -> tokenizer (its tags pass through)
+    write_tokenizer: Callable[[Path], None]  # a random stand-in into a checkpoint dir
+    tokenizer_files: tuple[str, ...]  # required in a local checkpoint
     languages: tuple[str, ...]
-    tags: bool  # paralinguistic tags ([laugh], ...) are tokens of its vocabulary
+    punctuation: tuple[tuple[str, str], ...]  # upstream's punc_norm replacements for this member
     sampling: Sampling
     flow: FlowSpec
     # Voices.
@@ -87,6 +88,7 @@ class Family:
     t3_prompt_seconds: float = 6.0  # reference audio the T3 speech prompt is taken from
     min_reference_seconds: float = 1.0
     reference_lufs: float | None = None  # loudness a reference is normalised to first (None: as is)
+    hub_extras: tuple[str, ...] = ()  # fetched from the hub too where the repository has them
 
     @property
     def default_language(self) -> str:
@@ -133,10 +135,11 @@ ORIGINAL = Family(
     cfg=True,
     text_markers=True,
     bos_repeats=2,
-    tokenizer="char",
+    load_tokenizer=lambda ckpt: tokenizers.load_char_tokenizer(ckpt / "tokenizer.json"),
+    write_tokenizer=lambda ckpt: tokenizers.write_char_tokenizer(ckpt / "tokenizer.json"),
     tokenizer_files=("tokenizer.json",),
     languages=("en",),
-    tags=False,
+    punctuation=PUNC_NORM,
     sampling=Sampling(temperature=0.8, repetition_penalty=1.2, top_p=1.0, min_p=0.05, cfg_weight=0.5),
     flow=FlowSpec(weights="s3gen.safetensors", meanflow=False, steps=10, cfg_rate=0.7),
 )
@@ -150,16 +153,19 @@ TURBO = Family(
     cfg=False,
     text_markers=False,
     bos_repeats=1,
-    tokenizer="gpt2",
-    tokenizer_files=("tokenizer.json", "tokenizer_config.json"),
+    load_tokenizer=tokenizers.load_gpt2_tokenizer,
+    write_tokenizer=tokenizers.write_gpt2_tokenizer,
+    # The vocabulary itself is tokenizer.json or vocab.json + merges.txt: the loader checks which.
+    tokenizer_files=("tokenizer_config.json",),
     languages=("en",),
-    tags=True,
+    punctuation=TURBO_PUNC_NORM,
     sampling=Sampling(temperature=0.8, repetition_penalty=1.2, top_p=0.95, top_k=1000, exaggeration=0.0,
                       penalty_last=True, bos_in_history=False),
     flow=FlowSpec(weights="s3gen_meanflow.safetensors", meanflow=True, steps=2, cfg_rate=0.0, tail_silence=3),
     t3_prompt_seconds=15.0,
     min_reference_seconds=5.0,
     reference_lufs=-27.0,
+    hub_extras=("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"),
 )
 
 MULTILINGUAL = Family(
@@ -171,10 +177,11 @@ MULTILINGUAL = Family(
     cfg=True,
     text_markers=True,
     bos_repeats=2,
-    tokenizer="mtl",
-    tokenizer_files=("grapheme_mtl_merged_expanded_v1.json", "Cangjie5_TC.json"),
-    languages=MULTILINGUAL_LANGUAGES,
-    tags=False,
+    load_tokenizer=tokenizers.load_mtl_tokenizer,
+    write_tokenizer=tokenizers.write_mtl_tokenizer,
+    tokenizer_files=(tokenizers.MTL_TOKENIZER_FILE, tokenizers.CANGJIE_FILE),
+    languages=tuple(MTL_LANGUAGES),
+    punctuation=PUNC_NORM,
     sampling=Sampling(temperature=0.8, repetition_penalty=2.0, top_p=1.0, min_p=0.05, cfg_weight=0.5),
     flow=FlowSpec(weights="s3gen.pt", meanflow=False, steps=10, cfg_rate=0.7),
     ve_weights="ve.pt",

@@ -20,7 +20,7 @@ from tts.config import TTSConfig
 from tts.errors import DeviceError
 from tts.families import Family, family
 from tts.t3 import cast_for_decoding
-from tts.tokenizers import TextTokenizer, load_tokenizer
+from tts.tokenizers import TextTokenizer
 from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
     load_weights(s3gen, ckpt / fam.flow.weights, strict=False)
     ve = VoiceEncoder()
     load_weights(ve, ckpt / fam.ve_weights)
-    tokenizer = load_tokenizer(fam, ckpt)
+    tokenizer = fam.load_tokenizer(ckpt)
     t3.to(device).eval()
     s3gen.to(device).eval()
     ve.to(device).eval()

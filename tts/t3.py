@@ -6,8 +6,8 @@ eager attention and host-side logits processors with a host sync per step. Here 
 forward (`Backbone`: the original's Llama, Turbo's GPT-2) over a preallocated cache for the
 decoding rows (two with classifier-free guidance, one without), and one function does a whole
 step: embed the previous token, run the layers, mix CFG, penalise repeats, apply temperature,
-top-k, min-p and top-p in the family's order, and sample without leaving the device. That function is what `torch.compile`
-sees; KV lengths are bucketed so a handful of static shapes cover every request.
+top-k, min-p and top-p in the family's order, and sample without leaving the device. That
+function is what `torch.compile` sees; KV lengths are bucketed so a handful of static shapes cover every request.
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ class StreamingVocoder:
         cond_in = torch.cat([cond, torch.zeros_like(cond)])[:rows]
         mask_in = mask.expand(rows, -1, -1)
         for t, r in zip(self.t_span[:-1], self.t_span[1:], strict=True):
-            dxdt = self.estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in, r.expand(rows))  # (rows, 80, T)
+            # (rows, 80, T); r, the step's end, only matters to a meanflow estimator
+            dxdt = self.estimator(x_in, mask_in, mu_in, t.expand(rows), spks_in, cond_in, r.expand(rows))
             if rows == 2:
                 dxdt = (1.0 + rate) * dxdt[:1] - rate * dxdt[1:]
             x_in = (x_in[:1] + (r - t) * dxdt).expand(rows, -1, -1).contiguous()
