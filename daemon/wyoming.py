@@ -280,12 +280,12 @@ class WyomingConnection(AsyncEventHandler):
                 if not await self.handle_event(event):
                     break
         finally:
+            self._server.release(self)
             await self.disconnect()
             self.post(("close", None, None))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer_task, 2.0)
             self.writer.close()
-            self._server.release(self)
 
     async def _read(self) -> WyomingEvent | None:
         """The next event; a malformed one is answered with an error and skipped. None at the end."""
@@ -330,8 +330,8 @@ class WyomingConnection(AsyncEventHandler):
     def _synthesize(self, event: WyomingEvent) -> None:
         if self._stream is not None:
             return  # the compatibility copy of a stream's whole text: already being spoken
-        text = _text_of(event.data, "synthesize")
         try:
+            text = _text_of(event.data, "synthesize")
             voice, language = self._voice(event.data)
             request_id = next(self._ids)
             self._one_shot.add(request_id)
