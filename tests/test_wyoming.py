@@ -334,5 +334,18 @@ async def test_describe_without_a_broker_is_still_served(tmp_path: Path) -> None
         assert Info.is_type((await read(c)).type)
 
 
+async def test_bench_measures_first_audio_and_rtf(mosquitto: Broker, tmp_path: Path) -> None:
+    from bench import wyoming as bench
+
+    engine = FakeEngine(delay_s=0.01)
+    async with daemon(mosquitto, tmp_path, engine) as port:
+        one = await bench.one_shot("127.0.0.1", port, bench.FIRST)
+        stream = await bench.streaming("127.0.0.1", port, words_per_s=50.0)
+        mqtt = await bench.mqtt_first_audio(mosquitto.host, mosquitto.port, "res", bench.FIRST, 0)
+    assert 0 < one["first_audio_s"] < one["total_s"] and one["rtf"] > 0
+    assert 0 < stream["first_audio_s"] and stream["first_audio_before_rest_sent"]
+    assert mqtt > 0
+
+
 def test_audio_stop_type_is_the_one_the_client_waits_for() -> None:
     assert AudioStop().event().type == "audio-stop" and SynthesizeStopped().event().type == "synthesize-stopped"
