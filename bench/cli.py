@@ -66,8 +66,25 @@ def main(argv: list[str]) -> int:
     knobs.add_argument("--tokens", type=int, default=50)
     knobs.add_argument("--repeats", type=int, default=2)
     knobs.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    wyoming = sub.add_parser("wyoming", help="Wyoming first audio and RTF, one-shot and streaming, against a "
+                             "running daemon (and its MQTT first audio in the same run)")
+    wyoming.add_argument("--uri", default="tcp://127.0.0.1:10200")
+    wyoming.add_argument("--repeats", type=int, default=3)
+    wyoming.add_argument("--words-per-s", type=float, default=8.0, help="streaming: pace of the text after "
+                         "the first sentence")
+    wyoming.add_argument("--mqtt-host", help="also measure the same text over MQTT (the daemon's broker)")
+    wyoming.add_argument("--mqtt-port", type=int, default=1883)
+    wyoming.add_argument("--site", default="default")
     args = parser.parse_args(argv)
 
+    if args.what == "wyoming":
+        from bench import wyoming as wyoming_bench
+
+        mqtt = (args.mqtt_host, args.mqtt_port, args.site) if args.mqtt_host else None
+        results = wyoming_bench.run(args.uri, args.repeats, args.words_per_s, mqtt)
+        print(wyoming_bench.report(results))
+        print(f"results: {_write(args.out, 'wyoming', results)}")
+        return 0
     if not (args.checkpoint / "t3_cfg.safetensors").exists():
         parser.error(f"no checkpoint at {args.checkpoint}; "
                      f"run `chatterd make-checkpoint --random {args.checkpoint}`")

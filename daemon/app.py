@@ -1,4 +1,8 @@
-"""Wiring: config → engine → player → speech service → MQTT, and the daemon's lifecycle.
+"""Composition: config → engine → player → speech service → front-ends, and the daemon's lifecycle.
+
+The front-ends (the MQTT command topics, voice/volume controls, Hermes, Home Assistant discovery,
+Wyoming) are built here and their MQTT routes registered on the link; every event the speech
+service emits is fanned out to MQTT `<base>/event`, Hermes and Wyoming (`emit`).
 
 `serve(config)` is `chatterd run`: open the audio output (fail fast), load and warm up the engine,
 then `run` until SIGTERM/SIGINT. `run(config, engine)` is the asyncio part, usable in-process
@@ -24,20 +28,20 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from daemon import systemd
-from daemon.config import Config, LogConfig, SpeechConfig
+from daemon.commands import Router
+from daemon.config import Config, LogConfig
 from daemon.controls import Controls
-from daemon.errors import BadRequest
+from daemon.engine import SpeechEngine, WarmableEngine
+from daemon.events import OutEvent
 from daemon.hermes import HermesBridge
 from daemon.homeassistant import HomeAssistantDiscovery
 from daemon.loudness import Leveller
-from daemon.messages import Event, error_event, parse_say, parse_stop, parse_volume, request_id_of
-from daemon.mqtt import MessageHandler, MqttLink, Topics
-from daemon.phrase_cache import PhraseCache, identity_of
+from daemon.mqtt import MqttLink
+from daemon.phrase_cache import PhraseCache
 from daemon.player import Player, Sink, open_sink
-from daemon.speech import EmitFn, SpeechEngine, SpeechService
+from daemon.speech import SpeechService
 from tts.config import TTSConfig
 
 _LOGGER = logging.getLogger("daemon")
@@ -53,12 +57,6 @@ WARM_UP_BUDGET_S = 600.0
 COMPILE_WARM_UP_BUDGET_S = 3600.0
 
 
-class WarmableEngine(SpeechEngine, Protocol):
-    def warm_up(self) -> float:
-        """Compile and run every shape the hot path uses; returns the seconds it took."""
-        ...
-
-
 EngineLoader = Callable[[TTSConfig], WarmableEngine]
 
 
@@ -70,59 +68,25 @@ def setup_logging(config: LogConfig) -> None:
     )
 
 
-class Router:
-    """Turns incoming MQTT messages into service calls; bad input becomes an `error` event."""
-
-    def __init__(
-        self, topics: Topics, service: SpeechService, player: Player, limits: SpeechConfig, emit: EmitFn
-    ) -> None:
-        self._topics = topics
-        self._service = service
-        self._player = player
-        self._limits = limits
-        self._emit = emit
-
-    def handle(self, topic: str, payload: bytes, received_at: float) -> None:
-        try:
-            if topic == self._topics.say:
-                self._service.submit(parse_say(payload, received_at, self._limits))
-            elif topic == self._topics.stop:
-                request_id = parse_stop(payload, self._limits)
-                if request_id is None:
-                    self._service.stop_all()
-                else:
-                    self._service.stop(request_id)
-            elif topic == self._topics.volume_set:
-                self._player.volume = parse_volume(payload, self._limits)
-                _LOGGER.info("master volume set to %.2f", self._player.volume)
-            else:
-                _LOGGER.debug("ignoring a message on %s", topic)
-        except BadRequest as exc:
-            request_id = request_id_of(payload)
-            _LOGGER.warning("bad message on %s (id %s): %s: %s", topic, request_id, exc.code, exc.message)
-            self._emit(error_event(request_id, exc.code, exc.message, topic=topic))
-
-
-def _phrase_cache(config: Config, sample_rate: int) -> PhraseCache | None:
+def _phrase_cache(config: Config, engine: SpeechEngine) -> PhraseCache | None:
     if config.speech.cache.dir is None:
         return None
     directory = Path(config.speech.cache.dir)
-    return PhraseCache(directory, int(config.speech.cache.max_mb * 1e6), sample_rate, identity_of(config.tts))
+    return PhraseCache(directory, int(config.speech.cache.max_mb * 1e6), engine.sample_rate, engine.identity())
 
 
 async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) -> None:
-    """Serve MQTT requests with `engine` until cancelled; `sink` defaults to `audio.output`."""
+    """Serve requests with `engine` until cancelled; `sink` defaults to `audio.output`."""
     if sink is None:
         sink = open_sink(config.audio, engine.sample_rate)
     player = Player(sink, volume=config.audio.volume)
     player.start()
     link = MqttLink(config.mqtt)
-    hermes: HermesBridge | None = None
+    listeners: list[Callable[[OutEvent], None]] = [link.publish_event]
 
-    def emit(event: Event) -> None:
-        link.publish_event(event)
-        if hermes is not None:
-            hermes.on_event(event)
+    def emit(event: OutEvent) -> None:
+        for listener in listeners:
+            listener(event)
 
     service = SpeechService(
         engine,
@@ -131,23 +95,31 @@ async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) ->
         emit=emit,
         on_speaking=link.publish_speaking,
         default_voice=config.tts.default_voice,
-        cache=_phrase_cache(config, engine.sample_rate),
+        cache=_phrase_cache(config, engine),
         leveller=Leveller(config.audio.target_dbfs, config.audio.max_gain_db, engine.sample_rate)
         if config.audio.max_gain_db > 0
         else None,
     )
     router = Router(link.topics, service, player, config.speech, emit=emit)
     controls = Controls(link, service, player, engine.voices, emit)
-    handlers: list[MessageHandler] = [router.handle, controls.handle]
-    if config.integrations.hermes.enabled:
-        site_id = config.integrations.hermes.site_id or config.mqtt.site
+    link.add_routes(router.routes())
+    link.add_routes(controls.routes())  # after the Router's: a volume is set before it is published
+    link.on_connected.append(controls.publish_state)
+    integrations = config.integrations
+    if integrations.hermes.enabled:
+        site_id = integrations.hermes.site_id or config.mqtt.site
         hermes = HermesBridge(link, site_id, service.submit, config.speech, emit)
-        handlers.append(hermes.handle)
-    handlers.append(HomeAssistantDiscovery(config.integrations.home_assistant, link, engine.voices).handle)
+        link.add_routes(hermes.routes())
+        listeners.append(hermes.on_event)
+    discovery = HomeAssistantDiscovery(integrations.home_assistant, link, engine.voices)
+    link.add_routes(discovery.routes())
+    link.on_connected.append(discovery.on_connected)
+    wyoming = None
+    if integrations.wyoming.enabled:
+        from daemon.wyoming import WyomingServer  # the wyoming package is only needed when enabled
 
-    def on_message(topic: str, payload: bytes, received_at: float) -> None:
-        for handler in handlers:
-            handler(topic, payload, received_at)
+        wyoming = WyomingServer(integrations.wyoming, service, engine, config.speech, config.mqtt.site)
+        listeners.append(wyoming.on_event)
 
     def on_ready() -> None:
         _LOGGER.info(
@@ -167,8 +139,10 @@ async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) ->
 
     tasks = [
         asyncio.create_task(service.run(), name="chatterd.speech"),
-        asyncio.create_task(link.run(on_message, on_ready), name="chatterd.mqtt"),
+        asyncio.create_task(link.run(on_ready=on_ready), name="chatterd.mqtt"),
     ]
+    if wyoming is not None:
+        tasks.append(asyncio.create_task(wyoming.run(), name="chatterd.wyoming"))
     interval = systemd.watchdog_interval()
     if interval is not None:
         tasks.append(asyncio.create_task(systemd.watchdog(interval), name="chatterd.watchdog"))
@@ -184,9 +158,11 @@ async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) ->
 
 async def _shutdown(tasks: list[asyncio.Task[None]], link: MqttLink, player: Player) -> None:
     speech, mqtt, *others = tasks
-    for task in (speech, *others):
+    speech.cancel()
+    await asyncio.gather(speech, return_exceptions=True)  # `stopped` events are in the outbox now
+    for task in others:  # Wyoming after the worker: its clients hear their requests' ends first
         task.cancel()
-    await asyncio.gather(speech, *others, return_exceptions=True)  # `stopped` events are in the outbox now
+    await asyncio.gather(*others, return_exceptions=True)
     link.stop()
     try:
         await asyncio.wait_for(mqtt, MQTT_STOP_TIMEOUT_S)
@@ -213,6 +189,8 @@ def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
     """The real engine (torch is imported here, not at daemon import time)."""
     from tts.engine import StreamingTTS
 
+    # Until tts.engine grows languages/default_language/family/identity (the Chatterbox family
+    # work), StreamingTTS is short of the protocol; strict mypy flags this ignore once it is not.
     return StreamingTTS.load(config)
 
 

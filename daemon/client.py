@@ -13,7 +13,8 @@ import aiomqtt
 
 from daemon.config import MqttConfig, load_config
 from daemon.errors import ConfigError
-from daemon.messages import END_EVENTS, new_request_id
+from daemon.events import END_EVENTS
+from daemon.messages import new_request_id
 from daemon.mqtt import Topics, tls_context
 
 

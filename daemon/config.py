@@ -220,9 +220,43 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    # A Wyoming TTS server for Home Assistant Assist (and any Wyoming client); its audio goes back
+    # over the connection, not to the local speaker.
+    enabled: bool = False
+    # Where to listen: tcp://HOST:PORT (10200 is the Wyoming TTS convention) or unix:///PATH.
+    uri: str = "tcp://0.0.0.0:10200"
+    # Announce the server over mDNS (_wyoming._tcp.local.) so Home Assistant discovers it; tcp only.
+    zeroconf: bool = True
+    # The name announced over zeroconf; null = "chatterd-<site>".
+    zeroconf_name: str | None = None
+    # Clients served at once; one more is told `too_many_connections` and disconnected.
+    max_connections: int = 8
+    # Queue rank of Wyoming requests (an assistant's answer someone is waiting for): "high" goes
+    # ahead of queued normal and low announcements.
+    priority: str = "high"
+
+    def __post_init__(self) -> None:
+        scheme, _, rest = self.uri.partition("://")
+        if scheme not in ("tcp", "unix") or not rest:
+            raise ValueError("uri must be tcp://HOST:PORT or unix:///PATH")
+        if scheme == "tcp":
+            host, _, port = rest.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("a tcp:// uri needs a host and a port in 1..65535, e.g. tcp://0.0.0.0:10200")
+        if self.zeroconf and scheme != "tcp":
+            raise ValueError("zeroconf needs a tcp:// uri")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if self.priority not in ("low", "normal", "high"):
+            raise ValueError("priority must be low, normal or high")
+
+
+@dataclass(frozen=True)
 class IntegrationsConfig:
     hermes: HermesConfig = field(default_factory=HermesConfig)
     home_assistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,21 @@
 """Run-time settings over MQTT: the master volume and the default voice, with retained state.
 
 `<base>/volume/set` (handled by the Router) and `<base>/voice/set` change them; the current values
-are published retained on `<base>/volume` and `<base>/voice` at every (re)connect and after every
-change, so dashboards (Home Assistant's number and select entities) always show the truth.
+are published retained on `<base>/volume` and `<base>/voice` at every (re)connect (`publish_state`,
+an `on_connected` callback) and after every change, so dashboards (Home Assistant's number and
+select entities) always show the truth.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from daemon.messages import error_event
-from daemon.mqtt import MqttLink
+from daemon.admission import EmitFn
+from daemon.events import ErrorCode, error_event
+from daemon.mqtt import MessageHandler, MqttLink
 from daemon.player import Player
-from daemon.speech import EmitFn, SpeechService
+from daemon.speech import SpeechService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,8 +36,10 @@ class Controls:
         self._player = player
         self._voices = voices
         self._emit = emit
-        link.subscriptions.append(self.voice_set_topic)
-        link.on_connected.append(self.publish_state)
+
+    def routes(self) -> Mapping[str, MessageHandler]:
+        """Registered after the Router's: a volume change is applied before its state is published."""
+        return {self._volume_set_topic: self.handle, self.voice_set_topic: self.handle}
 
     def publish_state(self) -> None:
         self._publish(self.volume_topic, f"{self._player.volume:g}", True)
@@ -50,7 +54,7 @@ class Controls:
             if name not in self._voices:
                 message = f"unknown voice {name[:40]!r}; known voices: {', '.join(self._voices)}"
                 _LOGGER.warning("voice/set: %s", message)
-                self._emit(error_event(None, "unknown_voice", message, topic=topic))
+                self._emit(error_event(None, ErrorCode.UNKNOWN_VOICE, message, topic=topic))
             else:
                 self._service.default_voice = name
                 _LOGGER.info("default voice set to %s", name)

@@ -3,10 +3,15 @@
 * ChatterdError
   + ConfigError        the config file is unreadable, or a key is unknown, mistyped or out of range
   + AudioDeviceError   the audio output cannot be opened or written
-  + BadRequest         an MQTT payload cannot be turned into a speech request (carries an error code)
+  + BadRequest         a payload or Wyoming event cannot be turned into a speech request (carries an error code)
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.events import ErrorCode
 
 
 class ChatterdError(Exception):
@@ -24,7 +29,7 @@ class AudioDeviceError(ChatterdError):
 class BadRequest(ChatterdError):
     """A message payload is not a valid request; `code` is the machine-readable reason."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 from daemon.config import HomeAssistantConfig
-from daemon.messages import END_EVENTS
-from daemon.mqtt import MqttLink
+from daemon.events import END_EVENTS
+from daemon.mqtt import MessageHandler, MqttLink
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -107,12 +108,17 @@ class HomeAssistantDiscovery:
         self.birth_topic = f"{config.discovery_prefix}/status"
         self.messages = discovery_messages(config, link.topics.base, link.config.site, voices)
         self._publish = link.publish
-        if config.enabled:
-            link.subscriptions.append(self.birth_topic)
-            link.on_connected.append(self.announce)
-        else:
-            link.on_connected.append(self._remove_once)
         self._removed = False
+
+    def routes(self) -> Mapping[str, MessageHandler]:
+        return {self.birth_topic: self.handle} if self.config.enabled else {}
+
+    def on_connected(self) -> None:
+        """Every (re)connect: announce the entities, or (disabled) remove them once."""
+        if self.config.enabled:
+            self.announce()
+        else:
+            self._remove_once()
 
     def announce(self) -> None:
         for message in self.messages:

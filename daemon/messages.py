@@ -1,10 +1,13 @@
-"""Typed messages at the MQTT edge: payload bytes in, frozen dataclasses out, event dicts back.
+"""Requests, and the typed messages at the MQTT edge: payload bytes in, frozen dataclasses out.
 
 The core (`daemon.speech`) never sees raw payloads. Every way a payload can be wrong maps to a
-`BadRequest` whose `code` is one of:
+`BadRequest` whose `code` is one of these `ErrorCode`s:
 
     payload_too_large  invalid_utf8  invalid_json  not_an_object  missing_field
     wrong_type         bad_value     empty_text    text_too_long
+
+`clean_text`, `check_volume` and `check_language` are the same checks for front-ends that build
+their requests themselves (Hermes, Wyoming).
 
 Unknown JSON keys are ignored so that senders can add their own fields (Home Assistant templates,
 Node-RED message properties) without breaking.
@@ -14,22 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from daemon.config import SpeechConfig
 from daemon.errors import BadRequest
+from daemon.events import ErrorCode
+
+if TYPE_CHECKING:
+    from daemon.utterance import Destination
 
 Priority = Literal["low", "normal", "high"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")  # the order the queue serves them in
 
 # Request ids travel in every event; keep them short and printable.
 MAX_ID_CHARS = 128
-
-END_EVENTS = frozenset({"finished", "stopped", "dropped", "error"})
+# Language codes are ISO 639-1 ("en", "de"), possibly with a region ("pt-BR"); anything longer is junk.
+MAX_LANGUAGE_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ class SayRequest:
     received_at: float = 0.0  # time.monotonic() when the message arrived (first_audio_ms starts here)
     source: str = "mqtt"
     client: str | None = None  # who sent it, as the request says (JSON "client"): the rate-limit key
+    language: str | None = None  # ISO code; None = the engine's default (tts.language)
+    # Where the audio goes: None = the local player; a Wyoming connection gives its own.
+    destination: Destination | None = field(default=None, compare=False, repr=False)
+    # A later sentence of a stream whose first part was admitted: not rate limited or deduplicated again.
+    continuation: bool = False
 
 
 def new_request_id() -> str:
@@ -57,32 +68,32 @@ def parse_say(payload: bytes, received_at: float, limits: SpeechConfig, source: 
     raw = _decode(payload, limits)
     if not raw.strip().startswith("{"):
         return SayRequest(
-            text=_clean_text(raw, limits), id=new_request_id(), received_at=received_at, source=source
+            text=clean_text(raw, limits), id=new_request_id(), received_at=received_at, source=source
         )
     obj = _load_object(raw)
     if "text" not in obj:
-        raise BadRequest("missing_field", "'text' is required")
-    text = _clean_text(_field(obj, "text", str), limits)
+        raise BadRequest(ErrorCode.MISSING_FIELD, "'text' is required")
+    text = clean_text(_field(obj, "text", str), limits)
     request_id = _parse_id(obj)
     voice = _field(obj, "voice", str, optional=True)
     if voice is not None and not voice.strip():
         voice = None  # "" means "the default voice", as an absent key does
-    volume = _field(obj, "volume", float, optional=True)
-    if volume is not None and not (math.isfinite(volume) and 0.0 <= volume <= 1.0):
-        raise BadRequest("bad_value", f"'volume' must be a number in 0..1, got {volume!r}")
+    language = check_language(_field(obj, "language", str, optional=True))
+    volume = check_volume(_field(obj, "volume", float, optional=True))
     priority = _field(obj, "priority", str, optional=True)
     if priority is None:
         priority = "normal"
     elif priority not in PRIORITIES:
-        raise BadRequest("bad_value", f"'priority' must be one of low, normal, high, got {priority!r}")
+        raise BadRequest(ErrorCode.BAD_VALUE, f"'priority' must be one of low, normal, high, got {priority!r}")
     interrupt = _field(obj, "interrupt", bool, optional=True)
     client = _field(obj, "client", str, optional=True)
     if client is not None and not (0 < len(client) <= MAX_ID_CHARS and client.isprintable()):
-        raise BadRequest("bad_value", f"'client' must be 1..{MAX_ID_CHARS} printable characters")
+        raise BadRequest(ErrorCode.BAD_VALUE, f"'client' must be 1..{MAX_ID_CHARS} printable characters")
     return SayRequest(
         text=text,
         id=request_id or new_request_id(),
         voice=voice,
+        language=language,
         volume=1.0 if volume is None else volume,
         priority=cast(Priority, priority),
         interrupt=bool(interrupt),
@@ -98,7 +109,7 @@ def parse_stop(payload: bytes, limits: SpeechConfig) -> str | None:
     if not raw.strip():
         return None
     if not raw.strip().startswith("{"):
-        raise BadRequest("invalid_json", 'stop payload must be empty or a JSON object {"id": "..."}')
+        raise BadRequest(ErrorCode.INVALID_JSON, 'stop payload must be empty or a JSON object {"id": "..."}')
     return _parse_id(_load_object(raw))
 
 
@@ -108,9 +119,9 @@ def parse_volume(payload: bytes, limits: SpeechConfig) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise BadRequest("bad_value", f"volume must be a number in 0..1, got {raw[:40]!r}") from None
+        raise BadRequest(ErrorCode.BAD_VALUE, f"volume must be a number in 0..1, got {raw[:40]!r}") from None
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise BadRequest("bad_value", f"volume must be a number in 0..1, got {value!r}")
+        raise BadRequest(ErrorCode.BAD_VALUE, f"volume must be a number in 0..1, got {value!r}")
     return value
 
 
@@ -129,38 +140,13 @@ def request_id_of(payload: bytes) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Event:
-    """A lifecycle event for `<base>/event`: `{"event", "id", "site", "ts", ...extras}`."""
-
-    event: str
-    id: str | None
-    extras: dict[str, Any] = field(default_factory=dict)
-    ts: float = field(default_factory=time.time)  # unix time when it happened, not when sent
-
-    @property
-    def is_end(self) -> bool:
-        """True for the events that end a request (finished, stopped, dropped, error)."""
-        return self.event in END_EVENTS
-
-    def to_dict(self, site: str) -> dict[str, Any]:
-        return {"event": self.event, "id": self.id, "site": site, "ts": round(self.ts, 3), **self.extras}
-
-    def to_json(self, site: str) -> str:
-        return json.dumps(self.to_dict(site), ensure_ascii=False, separators=(",", ":"))
-
-
-def error_event(request_id: str | None, code: str, message: str, **extras: Any) -> Event:
-    return Event("error", request_id, {"code": code, "message": message, **extras})
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 
 def _decode(payload: bytes, limits: SpeechConfig) -> str:
     if len(payload) > limits.max_payload_bytes:
         raise BadRequest(
-            "payload_too_large",
+            ErrorCode.PAYLOAD_TOO_LARGE,
             f"payload is {len(payload)} bytes; the limit is {limits.max_payload_bytes} "
             "(speech.max_payload_bytes)",
         )
@@ -168,7 +154,7 @@ def _decode(payload: bytes, limits: SpeechConfig) -> str:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(
-            "invalid_utf8", f"payload is not valid UTF-8 (bad byte at offset {exc.start})"
+            ErrorCode.INVALID_UTF8, f"payload is not valid UTF-8 (bad byte at offset {exc.start})"
         ) from None
     return text.removeprefix("\ufeff")  # a BOM from Windows tools is not text
 
@@ -178,12 +164,12 @@ def _load_object(raw: str) -> dict[str, Any]:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise BadRequest(
-            "invalid_json", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ErrorCode.INVALID_JSON, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
-        raise BadRequest("invalid_json", "invalid JSON: nested too deeply") from None
+        raise BadRequest(ErrorCode.INVALID_JSON, "invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise BadRequest("not_an_object", f"JSON payload must be an object, got {type(obj).__name__}")
+        raise BadRequest(ErrorCode.NOT_AN_OBJECT, f"JSON payload must be an object, got {type(obj).__name__}")
     return obj
 
 
@@ -202,7 +188,7 @@ def _field(obj: dict[str, Any], name: str, kind: type[Any], optional: bool = Fal
     )
     if not ok:
         got = "null" if value is None else type(value).__name__
-        raise BadRequest("wrong_type", f"'{name}' must be {_TYPE_NAMES[kind]}, got {got}")
+        raise BadRequest(ErrorCode.WRONG_TYPE, f"'{name}' must be {_TYPE_NAMES[kind]}, got {got}")
     return float(value) if kind is float else value
 
 
@@ -213,16 +199,36 @@ def _parse_id(obj: dict[str, Any]) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # Node-RED msgids and counters are often numbers
     if not isinstance(value, str):
-        raise BadRequest("wrong_type", f"'id' must be a string, got {type(value).__name__}")
+        raise BadRequest(ErrorCode.WRONG_TYPE, f"'id' must be a string, got {type(value).__name__}")
     if not value or len(value) > MAX_ID_CHARS or not value.isprintable():
-        raise BadRequest("bad_value", f"'id' must be 1..{MAX_ID_CHARS} printable characters")
+        raise BadRequest(ErrorCode.BAD_VALUE, f"'id' must be 1..{MAX_ID_CHARS} printable characters")
     return value
 
 
 _UNSPEAKABLE = frozenset({"Cc", "Cf", "Cs"})  # Unicode categories: control, format, surrogate
 
 
-def _clean_text(text: str, limits: SpeechConfig) -> str:
+def check_volume(volume: float | None) -> float | None:
+    """A request's volume: None (not given) or a finite number in 0..1; raises BadRequest."""
+    if volume is not None and not (math.isfinite(volume) and 0.0 <= volume <= 1.0):
+        raise BadRequest(ErrorCode.BAD_VALUE, f"'volume' must be a number in 0..1, got {volume!r}")
+    return volume
+
+
+def check_language(language: str | None) -> str | None:
+    """A language code as given (stripped); "" or None means the default. Whether the engine speaks
+    it is admission's question, not the parser's."""
+    if language is None or not language.strip():
+        return None
+    language = language.strip()
+    if len(language) > MAX_LANGUAGE_CHARS or not all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in language):
+        raise BadRequest(
+            ErrorCode.BAD_VALUE, f"'language' must be a language code such as 'en' or 'de', got {language[:40]!r}"
+        )
+    return language
+
+
+def clean_text(text: str, limits: SpeechConfig) -> str:
     """Newlines and tabs become spaces; control characters (NUL included), invisible format
     characters (zero-width spaces, bidi overrides, joiners) and lone surrogates go; runs collapse."""
     kept = "".join(
@@ -232,10 +238,10 @@ def _clean_text(text: str, limits: SpeechConfig) -> str:
     )
     cleaned = " ".join(kept.split())
     if not cleaned:
-        raise BadRequest("empty_text", "text is empty")
+        raise BadRequest(ErrorCode.EMPTY_TEXT, "text is empty")
     if len(cleaned) > limits.max_text_chars:
         raise BadRequest(
-            "text_too_long",
+            ErrorCode.TEXT_TOO_LONG,
             f"text has {len(cleaned)} characters; the limit is {limits.max_text_chars} "
             "(speech.max_text_chars)",
         )

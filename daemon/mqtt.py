@@ -1,11 +1,18 @@
 """The MQTT side: one aiomqtt 2.x connection, kept up with a jittered-backoff reconnect loop.
 
-Per connection: subscribe the exact topics in `subscriptions` (`<base>/say`, `<base>/stop`,
-`<base>/volume/set`; no wildcards), publish retained `online` on `<base>/status` (the Last Will
-publishes retained `offline` if the daemon vanishes) and the current retained `speaking` state,
-run the `on_connected` callbacks (integrations re-publish their retained state there), then read
-messages and publish the outbox until the connection drops or `stop()` is called. Every failed
-attempt or lost connection runs the `on_offline` callbacks with a one-line reason.
+Routing: the link owns a table `topic -> handlers`. The daemon's own command topics
+(`<base>/say`, `<base>/stop`, `<base>/volume/set`) are always subscribed; the composer (app.py)
+registers each front-end's and integration's routes with `route`/`add_routes` before `run`, so
+an integration never edits the link itself. A message goes to its topic's handlers in the order
+they were registered (then to `run`'s optional `on_message` tap); a failing handler is logged and
+the others still run.
+
+Per connection: subscribe the exact topics in `subscriptions` (no wildcards), publish retained
+`online` on `<base>/status` (the Last Will publishes retained `offline` if the daemon vanishes)
+and the current retained `speaking` state, run the `on_connected` callbacks (integrations re-
+publish their retained state there), then read messages and publish the outbox until the
+connection drops or `stop()` is called. Every failed attempt or lost connection runs the
+`on_offline` callbacks with a one-line reason.
 
 Reconnects back off exponentially from `reconnect_min_s` to `reconnect_max_s`, each wait drawn
 uniformly from its upper half (jitter). With `persistent_session` the client id is stable and
@@ -26,14 +33,14 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiomqtt
 
 from daemon.config import MqttConfig
 from daemon.errors import ConfigError
-from daemon.messages import Event
+from daemon.events import OutEvent
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -102,17 +109,44 @@ class MqttLink:
         self._overflow_logged = False
         self._ready_fired = False
         self._speaking = False
-        # Exact topics only: the daemon never subscribes to a wildcard. Integrations may add topics
-        # (before `run`) and callbacks; on_connected runs after every (re)connect, on the loop.
-        self.subscriptions: list[str] = [self.topics.say, self.topics.stop, self.topics.volume_set]
+        # Exact topics only: the daemon never subscribes to a wildcard. on_connected runs after every
+        # (re)connect, on the loop.
+        self._routes: dict[str, list[MessageHandler]] = {
+            topic: [] for topic in (self.topics.say, self.topics.stop, self.topics.volume_set)
+        }
         self.on_connected: list[Callable[[], None]] = []
         self.on_offline: list[Callable[[str], None]] = []
         # A crashed predecessor may have left `speaking ON` retained: the first connection clears it.
         self.publish_speaking(False)
 
+    # --- routing ---------------------------------------------------------------------------------
+
+    def route(self, topic: str, handler: MessageHandler) -> None:
+        """Send messages on `topic` (exact, no wildcards) to `handler` too; call before `run`."""
+        if any(c in topic for c in "+#"):
+            raise ValueError(f"routes are exact topics, not filters: {topic!r}")
+        self._routes.setdefault(topic, []).append(handler)
+
+    def add_routes(self, routes: Mapping[str, MessageHandler]) -> None:
+        for topic, handler in routes.items():
+            self.route(topic, handler)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The topics subscribed at every (re)connect: the command topics and every routed one."""
+        return list(self._routes)
+
+    def dispatch(self, topic: str, payload: bytes, received_at: float) -> None:
+        """Hand one message to its topic's handlers; a failing handler does not stop the others."""
+        for handler in self._routes.get(topic, ()):
+            try:
+                handler(topic, payload, received_at)
+            except Exception:  # a handler bug must not take the connection down
+                _LOGGER.exception("handling a message on %s failed (%r)", topic, handler)
+
     # --- outgoing, called on the event loop, never blocks ----------------------------------------
 
-    def publish_event(self, event: Event) -> None:
+    def publish_event(self, event: OutEvent) -> None:
         """Queue an event for `<base>/event` (not retained)."""
         self._enqueue(_Outgoing(self.topics.event, event.to_json(self.config.site), retain=False))
 
@@ -151,8 +185,11 @@ class MqttLink:
         self._stopping.set()
         self._outbox_ready.set()  # wakes the writer
 
-    async def run(self, on_message: MessageHandler, on_ready: Callable[[], None] | None = None) -> None:
-        """Stay connected until `stop()`; `on_ready` runs once, after the first subscription."""
+    async def run(
+        self, on_message: MessageHandler | None = None, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        """Stay connected until `stop()`, dispatching messages through the routes (and to `on_message`,
+        if given, after them); `on_ready` runs once, after the first subscription."""
         delay = self.config.reconnect_min_s
         while not self._stopping.is_set():
             try:
@@ -198,7 +235,7 @@ class MqttLink:
             raise aiomqtt.MqttError(str(exc)) from exc  # e.g. an unreadable CA file: retried, logged
 
     async def _serve(
-        self, client: aiomqtt.Client, on_message: MessageHandler, on_ready: Callable[[], None] | None
+        self, client: aiomqtt.Client, on_message: MessageHandler | None, on_ready: Callable[[], None] | None
     ) -> None:
         qos = self.config.qos
         await client.subscribe([(topic, qos) for topic in self.subscriptions])
@@ -235,7 +272,7 @@ class MqttLink:
         # The writer returned: stop() was called and the outbox is empty.
         await client.publish(self.topics.status, "offline", qos=qos, retain=True, timeout=FLUSH_TIMEOUT_S)
 
-    async def _read(self, client: aiomqtt.Client, on_message: MessageHandler) -> None:
+    async def _read(self, client: aiomqtt.Client, on_message: MessageHandler | None) -> None:
         async for message in client.messages:
             received_at = time.monotonic()
             payload = message.payload
@@ -243,10 +280,12 @@ class MqttLink:
                 data = bytes(payload)
             else:
                 data = b"" if payload is None else str(payload).encode()
-            try:
-                on_message(message.topic.value, data, received_at)
-            except Exception:  # a handler bug must not take the connection down
-                _LOGGER.exception("handling a message on %s failed", message.topic.value)
+            self.dispatch(message.topic.value, data, received_at)
+            if on_message is not None:
+                try:
+                    on_message(message.topic.value, data, received_at)
+                except Exception:  # a handler bug must not take the connection down
+                    _LOGGER.exception("handling a message on %s failed", message.topic.value)
         raise aiomqtt.MqttError("message stream ended")
 
     async def _write(self, client: aiomqtt.Client) -> None:

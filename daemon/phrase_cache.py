@@ -2,9 +2,9 @@
 
 Home automation repeats the same announcements all day; a repeated sentence is read from disk
 and played at once instead of being synthesised again. An entry's key is a hash of the
-normalised sentence, the voice name and an *identity* of everything else that shapes the audio
-(`identity_of`: the checkpoint, the voice reference files' contents, the synthesis settings), so
-changing any of them never plays stale audio. The cache is bounded by `max_bytes`; the least
+normalised sentence, the voice name, the language and the engine's `identity()` (a digest of
+everything else that shapes the audio: family, checkpoint files, synthesis settings, voice
+recordings), so changing any of them never plays stale audio. The cache is bounded by `max_bytes`; the least
 recently used entries (file modification time, refreshed on every hit) are evicted first.
 
 Writes go to a temporary file renamed into place, so a crash never leaves a torn entry. Only the
@@ -13,7 +13,6 @@ synthesis thread calls `get`/`put`; a lock makes the index safe anyway.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,42 +26,10 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.player import to_int16
-from tts.checkpoint import CHECKPOINT_FILES
-from tts.config import TTSConfig
 
 _LOGGER = logging.getLogger(__name__)
 
 FloatPCM = npt.NDArray[np.float32]
-
-# Settings that change neither the audio nor its timing: not part of the identity.
-# Settings that do not change the audio (pipelined decoding is bit-identical to inline decoding).
-_NOT_AUDIBLE = frozenset({"cache_dir", "threads", "compile", "voices", "checkpoint", "default_voice", "pipeline",
-                          "max_text_tokens"})
-
-
-def identity_of(tts: TTSConfig) -> str:
-    """What, besides text and voice name, determines a phrase's audio, as one string.
-
-    A local checkpoint counts by its files' sizes and modification times, a hub id by its name;
-    a voice by its reference file's content.
-    """
-    checkpoint: object = tts.checkpoint
-    local = Path(tts.checkpoint)
-    if local.is_dir():
-        checkpoint = {
-            name: [stat.st_size, stat.st_mtime_ns]
-            for name in CHECKPOINT_FILES
-            if (path := local / name).exists() and (stat := path.stat())
-        }
-    voices = {}
-    for name, wav in sorted(tts.voices.items()):
-        try:
-            voices[name] = hashlib.sha256(Path(wav).read_bytes()).hexdigest()
-        except OSError:
-            voices[name] = wav  # the engine reports the unreadable file at load
-    settings = {k: v for k, v in dataclasses.asdict(tts).items() if k not in _NOT_AUDIBLE}
-    return json.dumps({"checkpoint": checkpoint, "voices": voices, "settings": settings}, sort_keys=True)
-
 
 class PhraseCache:
     """Sentence audio on disk under `directory`; see the module docstring."""
@@ -95,9 +62,9 @@ class PhraseCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def key(self, text: str, voice: str) -> str:
-        """The entry name of a normalised sentence spoken by `voice`."""
-        blob = json.dumps([self._identity, voice, text], ensure_ascii=False)
+    def key(self, text: str, voice: str, language: str | None = None) -> str:
+        """The entry name of a normalised sentence spoken by `voice` in `language` (None = the default)."""
+        blob = json.dumps([self._identity, voice, language, text], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
 
     def get(self, key: str) -> FloatPCM | None:

@@ -67,9 +67,19 @@ def open_sink(audio: AudioConfig, sample_rate: int) -> Sink:
     return PyAudioSink(sample_rate, device=audio.device, frames_per_buffer=audio.frames_per_buffer)
 
 
+def output_stage(pcm: FloatPCM, gain: float = 1.0) -> FloatPCM:
+    """The last step before audio leaves the daemon (speaker or Wyoming client), and the one place
+    it is clipped: NaN/inf made finite, `gain` applied, then clipped to [-1, 1]."""
+    piece = np.nan_to_num(pcm, nan=0.0, posinf=1.0, neginf=-1.0)
+    if gain != 1.0:
+        piece = piece * np.float32(gain)
+    clipped: FloatPCM = np.clip(piece, -1.0, 1.0).astype(np.float32, copy=False)
+    return clipped
+
+
 def to_int16(pcm: FloatPCM) -> npt.NDArray[np.int16]:
-    """Float samples in [-1, 1] to 16-bit PCM (clipped, rounded, no dither)."""
-    scaled: npt.NDArray[np.float32] = np.clip(pcm, -1.0, 1.0) * np.float32(32767.0)
+    """Float samples in [-1, 1] (as `output_stage` leaves them) to 16-bit PCM (rounded, no dither)."""
+    scaled: npt.NDArray[np.float32] = np.asarray(pcm, dtype=np.float32) * np.float32(32767.0)
     return np.round(scaled).astype(np.int16)
 
 
@@ -365,11 +375,7 @@ class Player:
             if playback.stop_requested:
                 self._resolve(playback, stopped=True)
                 return
-            piece = np.nan_to_num(pcm[start : start + self._slice], nan=0.0, posinf=1.0, neginf=-1.0)
-            gain = self.volume * playback.volume
-            if gain != 1.0:
-                piece = piece * np.float32(gain)
-            piece = np.clip(piece, -1.0, 1.0)
+            piece = output_stage(pcm[start : start + self._slice], self.volume * playback.volume)
             handed_at = time.monotonic()
             try:
                 self.sink.write(piece)

@@ -1,17 +1,19 @@
 """Test doubles for unit tests: a SpeechEngine that yields sine chunks, and a real-time-paced sink."""
+# FakeEngine follows daemon.engine.SpeechEngine: voices, languages, default_language, family,
+# identity(), stream(text, voice, language, cancel, queued_s=), warm_up(progress=).
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import AudioDeviceError
-from tts.errors import SynthesisError, UnknownVoice
+from tts.errors import SynthesisError, UnknownVoice, UnsupportedLanguage
 
 FAIL = "[fail]"  # text containing this makes the engine raise SynthesisError after one chunk
 CRASH = "[crash]"  # ... RuntimeError before any chunk
@@ -22,7 +24,7 @@ class FakeEngine:
     """Yields one `chunk_s` chunk of a 440 Hz sine (amplitude 0.5) per word, sleeping `delay_s` first.
 
     Honors `cancel` between chunks; records every call's text in `calls`, its voice in `voices_used`,
-    the audio it was told was still queued in `queued_s`,
+    its language in `languages_used`, the audio it was told was still queued in `queued_s`,
     the number of chunks each call yielded in `yielded`, and when each call returned (or raised)
     in `returned_at` (time.monotonic()); `running` is True while a call is in progress.
     `first_delay_s` is slept once per call before the first chunk (a model's time to first audio);
@@ -37,9 +39,15 @@ class FakeEngine:
         voices: tuple[str, ...] = ("default", "alice", GHOST_VOICE),
         first_delay_s: float = 0.0,
         amplitudes: dict[str, float] | None = None,
+        languages: tuple[str, ...] = ("en",),
+        family: str = "turbo",
     ) -> None:
         self.sample_rate = sample_rate
         self.voices = voices
+        self.languages = languages
+        self.default_language = languages[0]
+        self.model = family
+        self.languages_used: list[str | None] = []
         self.chunk_s = chunk_s
         self.delay_s = delay_s
         self.calls: list[str] = []
@@ -53,10 +61,15 @@ class FakeEngine:
         self.amplitudes = amplitudes or {}
         self.warmed = 0
 
-    def warm_up(self) -> float:
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
         """Nothing to compile; counts the calls (`warmed`) like the real engine's readiness flag."""
         self.warmed += 1
+        if progress is not None:
+            progress(1, 1, "fake engine: nothing to warm up")
         return 0.0
+
+    def identity(self) -> str:
+        return f"fake:{self.model}:{self.sample_rate}:{self.chunk_s}:{','.join(self.voices)}"
 
     def chunk_samples(self) -> int:
         return int(self.sample_rate * self.chunk_s)
@@ -65,12 +78,15 @@ class FakeEngine:
         return len(text.split()) * self.chunk_samples()
 
     def stream(
-        self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
-        queued_s: float = 0.0,
+        self, text: str, voice: str | None = None, language: str | None = None,
+        cancel: threading.Event | None = None, *, queued_s: float = 0.0,
     ) -> Iterator[npt.NDArray[np.float32]]:
         self.calls.append(text)
         self.queued_s.append(queued_s)
         self.voices_used.append(voice)
+        self.languages_used.append(language)
+        if language is not None and language not in self.languages:
+            raise UnsupportedLanguage(language, self.languages, self.model)
         self.yielded.append(0)
         self.cancelled.append(False)
         self.running = True
@@ -148,14 +164,29 @@ class FaultyEngine:
     def voices(self) -> tuple[str, ...]:
         return tuple(self.inner.voices)
 
-    def warm_up(self) -> float:
-        return float(self.inner.warm_up())
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(self.inner.languages)
+
+    @property
+    def default_language(self) -> str:
+        return str(self.inner.default_language)
+
+    @property
+    def model(self) -> str:
+        return str(self.inner.model)
+
+    def identity(self) -> str:
+        return str(self.inner.identity())
+
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
+        return float(self.inner.warm_up(progress))
 
     def stream(
-        self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,
-        queued_s: float = 0.0,
+        self, text: str, voice: str | None = None, language: str | None = None,
+        cancel: threading.Event | None = None, *, queued_s: float = 0.0,
     ) -> Iterator[npt.NDArray[np.float32]]:
-        chunks = self.inner.stream(text, voice, cancel, queued_s=queued_s)
+        chunks = self.inner.stream(text, voice, language, cancel, queued_s=queued_s)
         if self.marker not in text:
             yield from chunks
             return

@@ -17,10 +17,11 @@ from harness import collecting, make_config, online_at, publish, running
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.app import Router
+from daemon.commands import Router
 from daemon.config import SpeechConfig
 from daemon.errors import BadRequest
-from daemon.messages import END_EVENTS, MAX_ID_CHARS, Event, SayRequest, parse_say, parse_stop, parse_volume
+from daemon.events import END_EVENTS, Event
+from daemon.messages import MAX_ID_CHARS, SayRequest, parse_say, parse_stop, parse_volume
 from daemon.mqtt import Topics
 from daemon.player import WavSink
 

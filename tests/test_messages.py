@@ -8,7 +8,8 @@ import pytest
 
 from daemon.config import SpeechConfig
 from daemon.errors import BadRequest
-from daemon.messages import Event, error_event, parse_say, parse_stop, parse_volume, request_id_of
+from daemon.events import Event, error_event
+from daemon.messages import parse_say, parse_stop, parse_volume, request_id_of
 
 LIMITS = SpeechConfig(max_text_chars=50, max_payload_bytes=200)
 

@@ -23,7 +23,7 @@ from harness import Listener, listening
 
 from daemon import app
 from daemon.config import Config, MqttConfig, config_from_dict
-from daemon.messages import Event
+from daemon.events import Event
 from daemon.mqtt import MqttLink
 
 SITE = "test"

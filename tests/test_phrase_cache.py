@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from daemon.phrase_cache import PhraseCache, identity_of
+from daemon.phrase_cache import PhraseCache
 from daemon.player import to_int16
-from tts.config import TTSConfig
 
 RATE = 24000
 
@@ -56,16 +54,10 @@ def test_key_depends_on_text_voice_and_identity(tmp_path: Path) -> None:
                 other.key("Hi.", "default")}) == 4
 
 
-def test_identity_follows_audible_settings_and_voice_files(tmp_path: Path) -> None:
-    wav = tmp_path / "alice.wav"
-    wav.write_bytes(b"first recording")
-    base = TTSConfig(voices={"alice": str(wav)})
-    assert identity_of(base) == identity_of(dataclasses.replace(base, threads=2, compile=True))
-    assert identity_of(base) != identity_of(dataclasses.replace(base, temperature=0.5))
-    assert identity_of(base) != identity_of(dataclasses.replace(base, checkpoint="someone/else"))
-    before = identity_of(base)
-    wav.write_bytes(b"another recording")
-    assert identity_of(base) != before
+def test_key_depends_on_the_language(tmp_path: Path) -> None:
+    cache = PhraseCache(tmp_path, 1_000_000, RATE, "model-a")
+    assert cache.key("Hi.", "default") == cache.key("Hi.", "default", None)
+    assert len({cache.key("Hi.", "default"), cache.key("Hi.", "default", "en"), cache.key("Hi.", "default", "de")}) == 3
 
 
 def test_unreadable_entry_is_dropped(tmp_path: Path) -> None:

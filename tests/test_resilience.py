@@ -28,7 +28,7 @@ from harness import BASE, SITE, TIMEOUT, collecting, make_config, online_at, pub
 
 from daemon import player
 from daemon.config import MqttConfig
-from daemon.messages import END_EVENTS
+from daemon.events import END_EVENTS
 from daemon.mqtt import MqttLink
 from daemon.player import PyAudioSink, WavSink
 
@@ -244,7 +244,8 @@ async def test_engine_fault_fails_one_request_and_the_next_one_works(
 async def test_real_engine_recovers_from_an_injected_out_of_memory(engine: Any, tmp_path: Path) -> None:
     """The real engine's generator is closed mid-request; its lock and buffers are released."""
     from daemon.config import SpeechConfig
-    from daemon.messages import Event, SayRequest
+    from daemon.events import Event
+    from daemon.messages import SayRequest
     from daemon.player import Player
     from daemon.speech import SpeechService
 

@@ -13,10 +13,12 @@ import pytest
 from conftest import AlsaCapture
 from fakes import CRASH, FAIL, GHOST_VOICE, FakeEngine, PacedSink
 
+from daemon.admission import QueueFull, RequestQueue
 from daemon.config import SpeechConfig
-from daemon.messages import Event, SayRequest
+from daemon.events import Event
+from daemon.messages import SayRequest
 from daemon.player import Player, PyAudioSink, Sink, WavSink
-from daemon.speech import QueueFull, RequestQueue, SpeechService
+from daemon.speech import SpeechService
 
 TIMEOUT = 10.0
 

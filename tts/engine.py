@@ -73,7 +73,7 @@ class StreamingTTS:
 
     def __init__(self, config: TTSConfig, model: LoadedModel) -> None:
         self.config = config
-        self.model = model
+        self.loaded = model
         self.family = model.family
         self.t3 = model.t3
         self.s3gen = model.s3gen
@@ -128,11 +128,16 @@ class StreamingTTS:
     def languages(self) -> tuple[str, ...]:
         return self.family.languages
 
+    @property
+    def model(self) -> str:
+        """The loaded family member's name."""
+        return self.family.name
+
     def settings(self) -> dict[str, object]:
         """What this engine runs with, resolved (for the start-up log line and benches)."""
         return {
             "model": self.family.name, "device": str(self.device),
-            "t3": "int8" if self.model.int8 else str(self.dtype).removeprefix("torch."),
+            "t3": "int8" if self.loaded.int8 else str(self.dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.config.first_chunk_tokens,
             "context_tokens": self.config.context_tokens, "prompt_tokens": self.config.prompt_tokens,
@@ -372,7 +377,7 @@ class StreamingTTS:
         stats.chunk_times.append((now, len(pcm)))
         stats.audio_samples += len(pcm)
         stats.flow_s, stats.hift_s = vocoder.flow_s, vocoder.hift_s
-        return np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False)
+        return pcm.astype(np.float32, copy=False)  # unclipped: the daemon's output stage clips, after levelling
 
 
 def _timed(blocks: Generator[list[int], None, None], stats: SynthesisStats) -> Generator[list[int], None, None]:

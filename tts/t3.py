@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,12 +111,21 @@ def _linear_from_conv1d(conv: Any) -> nn.Linear:
     return linear
 
 
+class _Layer(Protocol):
+    def project(self, x: Tensor) -> Tensor: ...
+
+    def finish(self, x: Tensor, attended: Tensor) -> Tensor: ...
+
+
 class _LlamaLayer(nn.Module):
     """One Llama layer with fused projections: QKV in one matmul, gate+up in another.
 
     Fewer, larger matmuls cut per-op overhead (and, with int8 weights, the per-call activation
     quantisation) without changing the arithmetic: outputs are the same rows of the same products.
     """
+
+    ln1: Tensor
+    ln2: Tensor
 
     def __init__(self, layer: Any, eps: float) -> None:
         # `layer`: one of upstream's (Hugging Face) LlamaDecoderLayer modules, untyped here.
@@ -168,7 +177,7 @@ class _GPT2Layer(nn.Module):
 
 
 def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
-    copy = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+    copy = nn.LayerNorm(list(norm.normalized_shape), eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
     copy.load_state_dict(norm.state_dict())
     return copy
 
@@ -184,6 +193,9 @@ class Backbone(nn.Module):
     n_heads: int
     n_kv_heads: int
     head_dim: int
+
+    def typed_layers(self) -> list[_Layer]:
+        return cast(list[_Layer], list(self.layers))
 
     def inputs(self, x: Tensor, idx: Tensor) -> Tensor:
         """Input embeddings (B, S, dim) at cache positions idx (S,), before the first layer."""
@@ -203,6 +215,10 @@ class Backbone(nn.Module):
 
 
 class LlamaBackbone(Backbone):
+    norm: Tensor
+    cos: Tensor
+    sin: Tensor
+
     def __init__(self, tfmr: Any, cfg: Any, dtype: torch.dtype, max_len: int) -> None:
         super().__init__()
         self.eps: float = cfg.rms_norm_eps
@@ -227,6 +243,8 @@ class LlamaBackbone(Backbone):
 
 
 class GPT2Backbone(Backbone):
+    wpe: Tensor
+
     def __init__(self, tfmr: Any, cfg: Any) -> None:
         super().__init__()
         self.n_heads = self.n_kv_heads = cfg.n_head
@@ -339,10 +357,10 @@ class T3Decoder:
             # Decode (bucketed) or a prefill after a cached prefix: attend over kv_len slots,
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
-        for i, layer in enumerate(bb.layers):
+        for i, layer in enumerate(bb.typed_layers()):
             k_cache = self.k_cache[i] if rows is None else self.k_cache[i, rows]  # (B, H, max_len, D)
             v_cache = self.v_cache[i] if rows is None else self.v_cache[i, rows]
-            q, k, v = layer.project(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q, k, v = torch.split(layer.project(x), [self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(bsz, seq, bb.n_heads, bb.head_dim).transpose(1, 2)  # (B, H, S, D)
             k = k.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
             v = v.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
@@ -415,7 +433,7 @@ class T3Decoder:
 
     def step_embeds(self, token: Tensor, speech_pos: Tensor) -> Tensor:
         """Embedding of speech token (1,) at speech position (1,) for every decoding row: (rows, 1, dim)."""
-        emb = self.t3.speech_emb(token)  # (1, dim)
+        emb: Tensor = self.t3.speech_emb(token)  # (1, dim)
         if self.learned_positions:
             emb = emb + self.t3.speech_pos_emb.emb(speech_pos.view(1))
         return emb.to(self.dtype).expand(self.rows, -1)[:, None, :]
