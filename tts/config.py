@@ -75,6 +75,12 @@ class TTSConfig:
     compile: bool = False
     # Threads for CPU inference; null = torch's default.
     threads: int | None = None
+    # With pipeline on a CPU: threads T3 decodes with while the vocoder works with the rest;
+    # null = half of them (one each on two cores).
+    t3_threads: int | None = None
+    # Vocoder (flow estimator) weight dtype: auto | float32 | bfloat16. auto: bfloat16 on a CPU with
+    # native bf16 (avx512_bf16 or amx_bf16 flags), else float32 (GPUs: fidelity first).
+    vocoder_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         def unset_or(value: float | None, ok: bool) -> bool:
@@ -116,6 +122,8 @@ class TTSConfig:
             (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),
             (0 <= self.crossfade_ms <= 200, "crossfade_ms must be in 0..200"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),
+            (self.t3_threads is None or self.t3_threads >= 1, "t3_threads must be >= 1 or null"),
+            (self.vocoder_dtype in ("auto", "float32", "bfloat16"), "vocoder_dtype must be auto, float32 or bfloat16"),
             (self.default_voice == "default" or self.default_voice in self.voices,
              "default_voice must be 'default' or a name under tts.voices"),
         ]

@@ -34,7 +34,7 @@ from tts.config import TTSConfig
 from tts.errors import OutOfMemory, SynthesisError, TTSError, UnsupportedLanguage
 from tts.families import S3GEN_VOCAB
 from tts.flow_estimator import FlowEstimator, bucket
-from tts.loading import LoadedModel, load_model
+from tts.loading import LoadedModel, load_model, pick_vocoder_dtype
 from tts.schedule import ChunkSchedule
 from tts.t3 import PrefixKV, SamplingParams, T3Decoder, prefix_length
 from tts.text import normalize, strip_tags, token_budget
@@ -97,7 +97,9 @@ class StreamingTTS:
         self._prefix_kv: dict[str, tuple[Voice, PrefixKV]] = {}
         for voice in self.voice_bank:
             self.prefix_kv(voice)
-        self.flow_estimator = FlowEstimator(model.s3gen.flow.decoder.estimator, compile=config.compile)
+        self.vocoder_dtype = pick_vocoder_dtype(config.vocoder_dtype, model.device)
+        self.flow_estimator = FlowEstimator(model.s3gen.flow.decoder.estimator, compile=config.compile,
+                                            dtype=self.vocoder_dtype)
         s = fam.sampling
         self.params = SamplingParams.of(
             s, temperature=config.temperature, cfg_weight=config.cfg_weight,
@@ -120,6 +122,14 @@ class StreamingTTS:
         """Whether T3 decodes on its own thread (tts.pipeline; auto = on CUDA only)."""
         return self.config.pipeline if self.config.pipeline is not None else self.device.type == "cuda"
 
+    def thread_split(self) -> tuple[int, int] | None:
+        """(T3 threads, vocoder threads) while pipelined on a CPU (None on CUDA: streams, not cores)."""
+        if self.device.type == "cuda":
+            return None
+        total = torch.get_num_threads()
+        t3 = self.config.t3_threads or max(1, total // 2)
+        return min(t3, total), max(1, total - t3)
+
     @property
     def voices(self) -> tuple[str, ...]:
         return self.voice_bank.names
@@ -138,6 +148,7 @@ class StreamingTTS:
         return {
             "model": self.family.name, "device": str(self.device),
             "t3": "int8" if self.loaded.int8 else str(self.dtype).removeprefix("torch."),
+            "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.config.first_chunk_tokens,
             "context_tokens": self.config.context_tokens, "prompt_tokens": self.config.prompt_tokens,
@@ -328,7 +339,9 @@ class StreamingTTS:
         Inline, or (tts.pipeline) the first block inline and the rest on a thread that keeps decoding
         while the caller vocodes. The first block and the first chunk run alone, with every core:
         they are what first audio waits for, so the thread starts only when the caller asks for the
-        second block. Ends early once `halt` or `cancel` is set.
+        second block. On a CPU the two sides then split the cores (`thread_split`): each its own
+        OpenMP team, so neither waits on the other's idle threads. Ends early once `halt` or
+        `cancel` is set.
         """
         stop = _AnyEvent(halt, cancel)
         blocks = _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop,
@@ -348,8 +361,12 @@ class StreamingTTS:
         handoff: queue.Queue[list[int] | BaseException | None] = queue.Queue()
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
 
+        split = self.thread_split()
+
         def produce() -> None:
             try:
+                if split is not None:
+                    torch.set_num_threads(split[0])  # this thread's own OpenMP team
                 with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
                     for block in blocks:
                         handoff.put(block)
@@ -359,6 +376,9 @@ class StreamingTTS:
 
         worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
         worker.start()
+        threads = torch.get_num_threads()
+        if split is not None:
+            torch.set_num_threads(split[1])  # the vocoder's share, until this request ends
         try:
             while (item := handoff.get()) is not None:
                 if isinstance(item, BaseException):
@@ -367,6 +387,7 @@ class StreamingTTS:
         finally:
             halt.set()
             worker.join()
+            torch.set_num_threads(threads)
 
     @staticmethod
     def _emit(pcm: npt.NDArray[np.float32], stats: SynthesisStats, start: float,

@@ -34,13 +34,19 @@ def pad_to_bucket(*tensors: Tensor) -> tuple[Tensor, ...]:
 class FlowEstimator:
     """Call as upstream's estimator: (x, mask, mu, t, spks, cond) -> velocity, all (B, 80, T)."""
 
-    def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None) -> None:
+    def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         # `estimator`: upstream's chatterbox ConditionalDecoder (untyped, so Any at this boundary).
         if estimator.static_chunk_size != 0:
             raise ValueError("FlowEstimator supports the full-context S3Gen estimator only")
         for _, _, down in estimator.down_blocks:
             if down.__class__.__name__ == "Downsample1D":  # a strided level would need per-level masks
                 raise ValueError("FlowEstimator supports the single-level (unstrided) S3Gen estimator only")
+        # `dtype`: the weights' and activations' dtype (bf16: real bf16 weights, not autocast; the
+        # module is cast in place). Callers pass and get float32; the solver's arithmetic stays fp32.
+        self.dtype = dtype
+        if dtype != torch.float32:
+            estimator.to(dtype)
         self.estimator = estimator
         # Turbo's distilled estimator also takes the step's end time r, mixed into the time embedding.
         self.meanflow: bool = bool(getattr(estimator, "meanflow", False))
@@ -69,7 +75,10 @@ class FlowEstimator:
         t, spks = t.contiguous(), spks.contiguous()
         r = t if r is None else r.contiguous()
         self.lengths_seen.add(x.shape[-1])
-        return self._forward(x, mask, mu, t, spks, cond, r)[:, :, :frames]
+        if self.dtype != torch.float32:
+            # t and r stay fp32: their sinusoidal embedding (t x 1000) needs the mantissa.
+            x, mask, mu, spks, cond = (v.to(self.dtype) for v in (x, mask, mu, spks, cond))
+        return self._forward(x, mask, mu, t, spks, cond, r)[:, :, :frames].float()
 
     def pad(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """`pad_to_bucket` when bucketed, else the tensors as they are."""
@@ -98,9 +107,9 @@ class FlowEstimator:
         frames (the one "downsample" is an unstrided causal conv), so one mask serves all of them.
         """
         est = self.estimator
-        emb = est.time_mlp(est.time_embeddings(t).to(t.dtype))  # (B, 1024)
+        emb = est.time_mlp(est.time_embeddings(t).to(x.dtype))  # (B, 1024)
         if self.meanflow:
-            end = est.time_mlp(est.time_embeddings(r).to(t.dtype))
+            end = est.time_mlp(est.time_embeddings(r).to(x.dtype))
             emb = est.time_embed_mixer(torch.cat([emb, end], dim=1))
         frames = x.shape[-1]
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, frames), cond], dim=1)  # (B, 320, T)
