@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Broker
+from conftest import Broker, require_tool
 
 from daemon import systemd
 
@@ -35,8 +34,8 @@ def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze (package systemd)")
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    require_tool("systemd-analyze", "systemd")
     result = _verify(UNIT.read_text(), tmp_path)
     # verify only warns (exit 0) about unknown keys and bad values: any output is a failure.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
