@@ -5,6 +5,7 @@ connection, and WATCHDOG=1 at half the configured interval, from the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Broker, require_tool
+from fakes import FakeEngine, PacedSink
+from harness import BASE, collecting, make_config, running
 
 from daemon import systemd
 
@@ -233,3 +236,65 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
         assert process.stderr is not None
         stderr = process.stderr.read()
     assert "ready: speaking requests from chatterd/ready/say" in stderr
+
+
+# --- a manager that stops reading: the event loop must not block on its socket ------------------
+
+
+def _fill(path: Path) -> int:
+    """Send datagrams to `path` until its receive queue is full; how many it took."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sender:
+        for sent in range(100_000):
+            try:
+                sender.sendto(b"X_TEST_FILLER=1", str(path))
+            except BlockingIOError:
+                return sent
+    raise AssertionError("the notify socket never filled up")
+
+
+@pytest.mark.timeout(30)  # a blocking send would never return
+def test_notify_to_a_full_socket_drops_the_message_at_once_and_logs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daemon.systemd")
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stuck:  # bound, never read
+        stuck.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert _fill(path) > 0
+        started = time.monotonic()
+        assert not any([systemd.notify("WATCHDOG=1") for _ in range(50)])
+        assert time.monotonic() - started < 1.0  # a blocking send would hang here for good
+        dropped = [r for r in caplog.records if "is full" in r.getMessage()]
+        assert len(dropped) == 1, [r.getMessage() for r in caplog.records]
+        stuck.setblocking(False)
+        while True:  # the manager catches up
+            try:
+                stuck.recv(4096)
+            except BlockingIOError:
+                break
+        assert systemd.notify("STATUS=back")
+        assert stuck.recv(4096) == b"STATUS=back"
+        assert any("accepts messages again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(60)  # on a blocking send the loop would freeze in unix_wait_for_peer
+async def test_requests_are_spoken_while_the_notify_socket_is_never_read(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stuck:  # bound, never read
+        stuck.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "20000")  # a ping every 10 ms on top of the status lines
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        _fill(path)
+        config = make_config(mosquitto, tmp_path, rate_limit_per_s=0)
+        engine = FakeEngine()
+        async with collecting(mosquitto) as ear, running(config, engine, PacedSink(pace=0.0)):
+            await ear.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+            for i in range(5):
+                await ear.say(f"Request number {i} is spoken.", f"stuck-{i}")
+            for i in range(5):
+                assert (await ear.end_of(f"stuck-{i}"))["event"] == "finished"
+    assert len(engine.calls) == 5
