@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -53,10 +54,28 @@ WARM_UP_BUDGET_S = 600.0
 COMPILE_WARM_UP_BUDGET_S = 3600.0
 
 
+# warm_up's progress callback: (graphs done, graphs in all, what was just warmed).
+WarmUpProgress = Callable[[int, int, str], None]
+
+
 class WarmableEngine(SpeechEngine, Protocol):
-    def warm_up(self) -> float:
-        """Compile and run every shape the hot path uses; returns the seconds it took."""
+    def warm_up(self, progress: WarmUpProgress | None = None) -> float:
+        """Compile and run every shape the hot path uses, calling `progress` per graph; seconds taken."""
         ...
+
+
+def _warm_up(engine: WarmableEngine) -> None:
+    # An engine from before warm-up progress (no `progress` parameter) still warms up, silently.
+    if "progress" in inspect.signature(engine.warm_up).parameters:
+        engine.warm_up(progress=report_warm_up)
+    else:
+        engine.warm_up()
+
+
+def report_warm_up(done: int, total: int, what: str) -> None:
+    """Warm-up progress for a person watching: a log line and systemd's STATUS= per graph."""
+    _LOGGER.info("warm-up: graph %d of %d (%s)", done, total, what)
+    systemd.notify(f"STATUS=warming up: {done}/{total}")
 
 
 EngineLoader = Callable[[TTSConfig], WarmableEngine]
@@ -213,7 +232,8 @@ def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
     """The real engine (torch is imported here, not at daemon import time)."""
     from tts.engine import StreamingTTS
 
-    return StreamingTTS.load(config)
+    # Until tts.engine's warm_up takes `progress` (mypy's unused-ignore check flags this line then).
+    return StreamingTTS.load(config)  # type: ignore[return-value]
 
 
 def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> None:
@@ -228,7 +248,7 @@ def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> Non
             f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}",
             "STATUS=warming up" + (" (compiling: minutes on a CPU)" if config.tts.compile else ""),
         )
-        engine.warm_up()
+        _warm_up(engine)
         if engine.sample_rate != sink.sample_rate:
             sink.close()
             sink = open_sink(config.audio, engine.sample_rate)

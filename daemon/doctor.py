@@ -68,7 +68,8 @@ def check_config(path: Path) -> tuple[Check, Config | None]:
     try:
         config = load_config(path)
     except ChatterdError as exc:
-        return Check("config", False, str(exc), f"fix {path} as the message says (chatterd check-config -c {path})"), None
+        fix = f"fix {path} as the message says (chatterd check-config -c {path})"
+        return Check("config", False, str(exc), fix), None
     return Check("config", True, f"{path} is valid (chatterd {__version__})"), config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,14 @@ class FakeEngine:
         self.amplitudes = amplitudes or {}
         self.warmed = 0
 
-    def warm_up(self) -> float:
-        """Nothing to compile; counts the calls (`warmed`) like the real engine's readiness flag."""
+    WARM_UP_GRAPHS = ("decode step", "vocoder chunk")
+
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
+        """Nothing to compile; counts the calls (`warmed`) and reports two "graphs" to `progress`."""
         self.warmed += 1
+        for done, what in enumerate(self.WARM_UP_GRAPHS, 1):
+            if progress is not None:
+                progress(done, len(self.WARM_UP_GRAPHS), what)
         return 0.0
 
     def chunk_samples(self) -> int:
@@ -148,8 +153,8 @@ class FaultyEngine:
     def voices(self) -> tuple[str, ...]:
         return tuple(self.inner.voices)
 
-    def warm_up(self) -> float:
-        return float(self.inner.warm_up())
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
+        return float(self.inner.warm_up(progress=progress))
 
     def stream(
         self, text: str, voice: str | None = None, cancel: threading.Event | None = None, *,

@@ -142,8 +142,9 @@ from daemon.app import serve, setup_logging
 from daemon.config import load_config
 
 class SlowWarmUp(FakeEngine):
-    def warm_up(self):
+    def warm_up(self, progress=None):
         time.sleep(0.5)
+        super().warm_up(progress)
         systemd.notify("X_TEST_WARM_UP_DONE=1")  # marks the moment on the same socket
         return 0.5
 
@@ -213,7 +214,8 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
             order = [
                 next(i for i, line in enumerate(flat) if line.startswith(prefix))
                 for prefix in ("EXTEND_TIMEOUT_USEC=", "STATUS=loading", "STATUS=warming up",
-                               "X_TEST_WARM_UP_DONE=1", "STATUS=connecting to MQTT", "STATUS=reconnecting",
+                               "STATUS=warming up: 1/2", "STATUS=warming up: 2/2", "X_TEST_WARM_UP_DONE=1",
+                               "STATUS=connecting to MQTT", "STATUS=reconnecting",
                                "READY=1")
             ]
             assert order == sorted(order), flat
@@ -236,6 +238,7 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
         assert process.stderr is not None
         stderr = process.stderr.read()
     assert "ready: speaking requests from chatterd/ready/say" in stderr
+    assert "warm-up: graph 1 of 2 (decode step)" in stderr and "warm-up: graph 2 of 2 (vocoder chunk)" in stderr
 
 
 # --- a manager that stops reading: the event loop must not block on its socket ------------------
