@@ -236,7 +236,8 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
                 process.wait()
             broker.stop()
         assert process.stderr is not None
-        stderr = process.stderr.read()
+        with process.stderr:
+            stderr = process.stderr.read()
     assert "ready: speaking requests from chatterd/ready/say" in stderr
     assert "warm-up: graph 1 of 2 (decode step)" in stderr and "warm-up: graph 2 of 2 (vocoder chunk)" in stderr
 
