@@ -25,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--site", help="the daemon's site (topics chatterd/<site>/...)")
     say.add_argument("--voice", help="voice name (default: the daemon's default voice)")
     say.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the end (default 120)")
+    commands.add_parser("devices", help="list the audio output devices (the names audio.device takes)")
+    doctor = commands.add_parser(
+        "doctor", help="check the config, weights, broker, audio output and compute device, each with its fix"
+    )
+    doctor.add_argument("-c", "--config", type=Path, required=True)
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", type=Path, required=True)
     make = commands.add_parser(
@@ -51,15 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from daemon.app import serve, setup_logging
             from daemon.config import load_config
+            from daemon.quiet import filter_third_party_deprecations
 
             config = load_config(args.config)
             setup_logging(config.log)
+            filter_third_party_deprecations()  # before torch and friends are imported
             serve(config)
         elif args.command == "say":
             from daemon.client import client_config, say
 
             mqtt = client_config(args.config, args.host, args.port, args.site)
             return say(mqtt, " ".join(args.text), args.voice, args.timeout)
+        elif args.command == "devices":
+            from daemon.doctor import print_devices
+
+            return print_devices()
+        elif args.command == "doctor":
+            from daemon.doctor import doctor
+
+            return doctor(args.config)
         elif args.command == "check-config":
             from daemon.config import load_config
 

@@ -57,6 +57,12 @@ WARM_UP_BUDGET_S = 600.0
 COMPILE_WARM_UP_BUDGET_S = 3600.0
 
 
+def report_warm_up(done: int, total: int, what: str) -> None:
+    """Warm-up progress for a person watching: a log line and systemd's STATUS= per graph."""
+    _LOGGER.info("warm-up: graph %d of %d (%s)", done, total, what)
+    systemd.notify(f"STATUS=warming up: {done}/{total}")
+
+
 EngineLoader = Callable[[TTSConfig], WarmableEngine]
 
 
@@ -189,8 +195,6 @@ def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
     """The real engine (torch is imported here, not at daemon import time)."""
     from tts.engine import StreamingTTS
 
-    # Until tts.engine grows languages/default_language/family/identity (the Chatterbox family
-    # work), StreamingTTS is short of the protocol; strict mypy flags this ignore once it is not.
     return StreamingTTS.load(config)
 
 
@@ -207,7 +211,7 @@ def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> Non
             f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}",
             "STATUS=warming up" + (" (compiling: minutes on a CPU)" if config.tts.compile else ""),
         )
-        engine.warm_up()
+        engine.warm_up(progress=report_warm_up)
         if engine.sample_rate != sink.sample_rate:
             sink.close()
             sink = open_sink(config.audio, engine.sample_rate)

@@ -209,14 +209,20 @@ class HermesConfig:
 class HomeAssistantConfig:
     # Home Assistant MQTT discovery; when false, entities a previous run announced are removed.
     enabled: bool = False
-    # HA's discovery prefix; HA announces itself on "<discovery_prefix>/status".
+    # HA's discovery prefix (HA's MQTT option "discovery prefix").
     discovery_prefix: str = "homeassistant"
+    # Where HA publishes its birth message ("online"), on which the daemon announces its entities
+    # again. HA's own default; it does not change with the discovery prefix (HA's MQTT option
+    # "birth message topic").
+    birth_topic: str = "homeassistant/status"
     # Device name shown in HA; null = "chatterd <site>".
     device_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.discovery_prefix or any(c in self.discovery_prefix for c in "+#\0"):
             raise ValueError("discovery_prefix must be non-empty without '+', '#' or NUL")
+        if not self.birth_topic or any(c in self.birth_topic for c in "+#\0"):
+            raise ValueError("birth_topic must be non-empty without '+', '#' or NUL")
 
 
 @dataclass(frozen=True)

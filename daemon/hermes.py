@@ -1,14 +1,19 @@
 """Rhasspy / Snips Hermes text to speech: `hermes/tts/say` in, `hermes/tts/sayFinished` out.
 
-A say message for this daemon's site (`siteId`, or `site_id` as rhasspy-hermes' own CLI writes it;
-absent means "default") becomes an ordinary request (`text`, `id`, `volume`, and `lang` as the
+A say message for this daemon's site (`siteId`, or `site_id` as rhasspy-hermes' own CLI writes
+it; absent means "default") becomes an ordinary request (`text`, `id`, `volume`, and `lang` as the
 request's language, checked against the loaded model's languages). When the request ends, however
 it ends, the daemon publishes `hermes/tts/sayFinished` `{"id", "siteId", "sessionId"}` (the say's
-id and session, echoed; also in snake case when the say used snake case). When it ended in an
-error, `hermes/error/tts` `{"error", "context", "siteId", "sessionId"}` goes out first, as
-Rhasspy's own TTS service does. Say messages for other sites are ignored; a payload that is not a
-JSON object (its site unknown) is answered as this site's. Events for every request still go to
-`<base>/event`."""
+id and session, echoed). When it ended in an error, `hermes/error/tts` `{"error", "context",
+"siteId", "sessionId"}` goes out first, as Rhasspy's own TTS service does.
+
+Replies are spelled as the say was: a say with snake_case keys (`site_id` / `session_id`, as
+rhasspy-hermes' CLI sends `dataclasses.asdict()` of its TtsSay) is answered with snake_case keys
+only, because that CLI builds `TtsSayFinished(**payload)` from the reply and a camelCase key makes
+the constructor raise (and the CLI wait forever); any other say gets the spec's camelCase.
+Say messages for other sites are ignored; a payload that is not a JSON object (its site unknown)
+is answered as this site's. Events for every request still go to `<base>/event`.
+"""
 
 from __future__ import annotations
 
@@ -148,7 +153,8 @@ class HermesBridge:
         self._reply(SAY_FINISHED, say, {"id": say.hermes_id})
 
     def _reply(self, topic: str, say: HermesSay, fields: dict[str, Any]) -> None:
-        body = {**fields, "siteId": say.site_id, "sessionId": say.session_id}
         if say.snake_case:
-            body.update(site_id=say.site_id, session_id=say.session_id)
+            body = {**fields, "site_id": say.site_id, "session_id": say.session_id}
+        else:
+            body = {**fields, "siteId": say.site_id, "sessionId": say.session_id}
         self._publish(topic, json.dumps(body, ensure_ascii=False), False)

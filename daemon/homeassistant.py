@@ -10,10 +10,14 @@
 | Request | event | `state_topic` `<base>/event`; `event_type` is the event's name |
 
 Every config carries `unique_id` (also its topic's object id), the shared `device` block, the
-`origin` block and `availability` on `<base>/status` (`online` / `offline`, the Last Will).
+`origin` block and `availability` on `<base>/status` (`online` / `offline`, the Last Will). The
+command entities carry `qos: 1`: Home Assistant publishes commands at QoS 0 unless told, and a
+QoS 0 "Say" sent while the daemon reconnects is lost, where QoS 1 waits in its persistent session.
 Configs are published retained at every (re)connect and again whenever HA announces itself with
-`online` on `<discovery_prefix>/status`. With the integration disabled, the daemon publishes an
-empty retained config on each of these topics, which removes entities an earlier run announced.
+`online` on its birth topic (`birth_topic`, `homeassistant/status` by default: HA's birth message
+does not follow the discovery prefix). `sw_version` is `daemon.__version__`. With the integration
+disabled, the daemon publishes an empty retained config on each of these topics, which removes
+entities an earlier run announced.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
+from daemon import PROJECT_URL, __version__
 from daemon.config import HomeAssistantConfig
 from daemon.events import END_EVENTS
 from daemon.mqtt import MessageHandler, MqttLink
@@ -33,16 +37,10 @@ from daemon.mqtt import MessageHandler, MqttLink
 _LOGGER = logging.getLogger(__name__)
 
 EVENT_TYPES = ("queued", "started", *sorted(END_EVENTS))
-ORIGIN_URL = "https://github.com/resemble-ai/chatterbox"
 # HA's event entity wants `event_type` in the payload; the daemon's events name it `event`.
 EVENT_TEMPLATE = "{{ dict(value_json, event_type=value_json.event) | tojson }}"
-
-
-def _version() -> str:
-    try:
-        return metadata.version("chatterd")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+# Commands at QoS 1, so that one sent while the daemon is offline waits in its session.
+COMMAND_QOS = 1
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ def discovery_messages(
     config: HomeAssistantConfig, base: str, site: str, voices: tuple[str, ...]
 ) -> list[DiscoveryMessage]:
     """The retained discovery configs for this daemon (see the module docstring)."""
-    version = _version()
+    version = __version__
     device = {
         "identifiers": [object_id(site, "device")],
         "name": config.device_name or f"chatterd {site}",
@@ -68,7 +66,7 @@ def discovery_messages(
         "model": "Chatterbox TTS speaker",
         "sw_version": version,
     }
-    origin = {"name": "chatterd", "sw_version": version, "support_url": ORIGIN_URL}
+    origin = {"name": "chatterd", "sw_version": version, "support_url": PROJECT_URL}
     common = {
         "availability": [{"topic": f"{base}/status", "payload_available": "online",
                           "payload_not_available": "offline"}],
@@ -76,17 +74,18 @@ def discovery_messages(
         "origin": origin,
     }
     entities: list[tuple[str, str, dict[str, Any]]] = [
-        ("notify", "say", {"name": "Say", "command_topic": f"{base}/say", "icon": "mdi:bullhorn"}),
+        ("notify", "say", {"name": "Say", "command_topic": f"{base}/say", "qos": COMMAND_QOS,
+                           "icon": "mdi:bullhorn"}),
         ("binary_sensor", "speaking", {"name": "Speaking", "state_topic": f"{base}/speaking",
                                        "payload_on": "ON", "payload_off": "OFF", "device_class": "sound"}),
         ("button", "stop", {"name": "Stop", "command_topic": f"{base}/stop", "payload_press": "{}",
-                            "icon": "mdi:stop"}),
+                            "qos": COMMAND_QOS, "icon": "mdi:stop"}),
         ("number", "volume", {"name": "Volume", "command_topic": f"{base}/volume/set",
                               "state_topic": f"{base}/volume", "min": 0.0, "max": 1.0, "step": 0.05,
-                              "mode": "slider", "icon": "mdi:volume-high"}),
+                              "mode": "slider", "qos": COMMAND_QOS, "icon": "mdi:volume-high"}),
         ("select", "voice", {"name": "Voice", "command_topic": f"{base}/voice/set",
                              "state_topic": f"{base}/voice", "options": list(voices),
-                             "icon": "mdi:account-voice"}),
+                             "qos": COMMAND_QOS, "icon": "mdi:account-voice"}),
         ("event", "request", {"name": "Request", "state_topic": f"{base}/event",
                               "event_types": list(EVENT_TYPES),
                               "value_template": EVENT_TEMPLATE,
@@ -105,7 +104,7 @@ class HomeAssistantDiscovery:
 
     def __init__(self, config: HomeAssistantConfig, link: MqttLink, voices: tuple[str, ...]) -> None:
         self.config = config
-        self.birth_topic = f"{config.discovery_prefix}/status"
+        self.birth_topic = config.birth_topic
         self.messages = discovery_messages(config, link.topics.base, link.config.site, voices)
         self._publish = link.publish
         self._removed = False

@@ -332,7 +332,15 @@ def describe_error(exc: aiomqtt.MqttError) -> str:
     value = getattr(rc, "value", rc)
     if isinstance(value, int) and value in _AUTH_HINTS:
         return f"{_AUTH_HINTS[value]} ({exc})"
+    if isinstance(exc.__cause__, ConnectionRefusedError) or "Connection refused" in str(exc):
+        return f"{exc}: no MQTT broker is listening there ({NO_BROKER_HINT})"
     return str(exc)
+
+
+NO_BROKER_HINT = (
+    "start one, e.g. on Debian: apt-get install mosquitto && systemctl enable --now mosquitto; "
+    "or point mqtt.host / mqtt.port at yours"
+)
 
 
 async def _cancel_all(tasks: tuple[asyncio.Task[None], ...]) -> None:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from daemon.config import AudioConfig
 from daemon.errors import AudioDeviceError
+from daemon.quiet import native_quiet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class PyAudioSink:
     """A PortAudio output stream: 16-bit mono at `sample_rate` on the named (or default) device."""
 
     def __init__(self, sample_rate: int, device: str | None = None, frames_per_buffer: int = 1024) -> None:
+        with native_quiet():  # PortAudio's probing makes ALSA and JACK print to fd 2
+            self._setup(sample_rate, device, frames_per_buffer)
+
+    def _setup(self, sample_rate: int, device: str | None, frames_per_buffer: int) -> None:
         import pyaudio  # PortAudio is only loaded when audio really goes to a device
 
         self.sample_rate = sample_rate
@@ -177,10 +182,12 @@ class PyAudioSink:
                 f"the next attempt to reopen it is in {self._retry_at - now:.1f} s"
             )
         try:
-            self._pa.terminate()
-            self._pa = self._pyaudio.PyAudio()
-            self._device_index, self.device_name = self._find_device(self._wanted)
-            self._stream = self._open()
+            # On the player thread, while others log: only ALSA's hook, no fd redirect.
+            with native_quiet(redirect_fd=False):
+                self._pa.terminate()
+                self._pa = self._pyaudio.PyAudio()
+                self._device_index, self.device_name = self._find_device(self._wanted)
+                self._stream = self._open()
         except AudioDeviceError:
             self._back_off()
             raise

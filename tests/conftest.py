@@ -15,12 +15,16 @@ Reuse them from any test module (pytest finds them here):
   `PyAudio()` is created, so create the sink after the fixture). For a subprocess pass
   `env=capture.env`. After the audio stream is closed, `capture.samples()` returns the int16
   samples played (`read_raw_int16(path)` does the same for any raw file).
+* `require_tool(name, package)` / `require_module(name, install)`: skip a test whose tool or
+  module is missing, with the reason; in CI (`CI=true`) the same call fails the test instead, so
+  a CI image that lost mosquitto cannot pass by skipping everything that needs it.
 * `fake_engine` -> `tests.fakes.FakeEngine` (unit tests only; the end-to-end tests use the real,
   random-weight model: `checkpoint_dir`, `engine` and `t3_fp32` come from tests/model_fixtures.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -56,6 +60,31 @@ pcm.tts_capture {{
     format "raw"
 }}
 """
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _missing(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing tool fails the run instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of executable `name`; skips the test without it (fails it in CI)."""
+    path = shutil.which(name)
+    if path is None:
+        _missing(f"{name} is not installed (Debian package {package or name})")
+    assert path is not None
+    return path
+
+
+def require_module(name: str, install: str) -> None:
+    """Skips the test when Python module `name` cannot be imported (fails it in CI); `install` says how."""
+    if importlib.util.find_spec(name) is None:
+        _missing(f"Python module {name} is not installed ({install})")
 
 
 def free_port() -> int:
@@ -143,8 +172,7 @@ def give_to_broker(path: Path) -> None:
 @pytest.fixture
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A running, private mosquitto broker (see Broker)."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_tool("mosquitto")
     broker = Broker(tmp_path_factory.mktemp("mosquitto"))
     broker.start()
     try:

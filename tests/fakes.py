@@ -61,11 +61,14 @@ class FakeEngine:
         self.amplitudes = amplitudes or {}
         self.warmed = 0
 
+    WARM_UP_GRAPHS = ("decode step", "vocoder chunk")
+
     def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
-        """Nothing to compile; counts the calls (`warmed`) like the real engine's readiness flag."""
+        """Nothing to compile; counts the calls (`warmed`) and reports two "graphs" to `progress`."""
         self.warmed += 1
-        if progress is not None:
-            progress(1, 1, "fake engine: nothing to warm up")
+        for done, what in enumerate(self.WARM_UP_GRAPHS, 1):
+            if progress is not None:
+                progress(done, len(self.WARM_UP_GRAPHS), what)
         return 0.0
 
     def identity(self) -> str:
@@ -180,7 +183,7 @@ class FaultyEngine:
         return str(self.inner.identity())
 
     def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
-        return float(self.inner.warm_up(progress))
+        return float(self.inner.warm_up(progress=progress))
 
     def stream(
         self, text: str, voice: str | None = None, language: str | None = None,

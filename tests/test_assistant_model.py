@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import AlsaCapture, Broker
+from conftest import AlsaCapture, Broker, require_tool
 from test_assistant import BASE, SITE, listen
 
 from daemon import app
@@ -168,8 +167,7 @@ def espeak_voice(engine: Any, tmp_path: Path) -> Iterator[str]:
     from tts.engine import _load_state
     from tts.voices import build_voice, conditionals_from_wav
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    require_tool("espeak-ng")
     raw = tmp_path / "espeak.wav"
     subprocess.run(
         ["espeak-ng", "-w", str(raw), "The quick brown fox jumps over the lazy dog near the river bank."],

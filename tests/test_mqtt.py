@@ -222,14 +222,14 @@ def test_last_will_publishes_offline_when_the_daemon_dies(mosquitto: Broker) -> 
         "    await link.run(lambda *_: None, lambda: print('ready', flush=True))\n"
         "asyncio.run(main())\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        process.send_signal(signal.SIGKILL)
-        process.wait(TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            process.send_signal(signal.SIGKILL)
+            process.wait(TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
     result = subprocess.run(
         [
             "mosquitto_sub",

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -22,7 +21,15 @@ from typing import Any
 import aiomqtt
 import numpy as np
 import pytest
-from conftest import ASOUNDRC, CAPTURE_RATE, Broker, free_port, give_to_broker, read_raw_int16
+from conftest import (
+    ASOUNDRC,
+    CAPTURE_RATE,
+    Broker,
+    free_port,
+    give_to_broker,
+    read_raw_int16,
+    require_tool,
+)
 from fakes import FakeEngine, FaultyEngine, PacedSink
 from harness import BASE, SITE, TIMEOUT, collecting, make_config, online_at, publish, running
 
@@ -345,9 +352,8 @@ class SecureBroker:
 
 @pytest.fixture
 def secure_broker(tmp_path: Path, broker_state_dir: Path) -> Any:
-    for tool in ("mosquitto", "mosquitto_passwd", "openssl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
+    for tool, package in (("mosquitto", "mosquitto"), ("mosquitto_passwd", "mosquitto"), ("openssl", "openssl")):
+        require_tool(tool, package)
     passwd = broker_state_dir / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "chatterd", PASSWORD], check=True)
     cert, key = broker_state_dir / "cert.pem", broker_state_dir / "key.pem"

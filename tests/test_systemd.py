@@ -5,8 +5,8 @@ connection, and WATCHDOG=1 at half the configured interval, from the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Broker
+from conftest import Broker, require_tool
+from fakes import FakeEngine, PacedSink
+from harness import BASE, collecting, make_config, running
 
 from daemon import systemd
 
@@ -35,8 +37,8 @@ def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze (package systemd)")
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    require_tool("systemd-analyze", "systemd")
     result = _verify(UNIT.read_text(), tmp_path)
     # verify only warns (exit 0) about unknown keys and bad values: any output is a failure.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
@@ -140,8 +142,9 @@ from daemon.app import serve, setup_logging
 from daemon.config import load_config
 
 class SlowWarmUp(FakeEngine):
-    def warm_up(self):
+    def warm_up(self, progress=None):
         time.sleep(0.5)
+        super().warm_up(progress)
         systemd.notify("X_TEST_WARM_UP_DONE=1")  # marks the moment on the same socket
         return 0.5
 
@@ -211,7 +214,8 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
             order = [
                 next(i for i, line in enumerate(flat) if line.startswith(prefix))
                 for prefix in ("EXTEND_TIMEOUT_USEC=", "STATUS=loading", "STATUS=warming up",
-                               "X_TEST_WARM_UP_DONE=1", "STATUS=connecting to MQTT", "STATUS=reconnecting",
+                               "STATUS=warming up: 1/2", "STATUS=warming up: 2/2", "X_TEST_WARM_UP_DONE=1",
+                               "STATUS=connecting to MQTT", "STATUS=reconnecting",
                                "READY=1")
             ]
             assert order == sorted(order), flat
@@ -232,5 +236,69 @@ def test_ready_only_after_warm_up_and_mqtt_then_watchdog_pings(tmp_path: Path) -
                 process.wait()
             broker.stop()
         assert process.stderr is not None
-        stderr = process.stderr.read()
+        with process.stderr:
+            stderr = process.stderr.read()
     assert "ready: speaking requests from chatterd/ready/say" in stderr
+    assert "warm-up: graph 1 of 2 (decode step)" in stderr and "warm-up: graph 2 of 2 (vocoder chunk)" in stderr
+
+
+# --- a manager that stops reading: the event loop must not block on its socket ------------------
+
+
+def _fill(path: Path) -> int:
+    """Send datagrams to `path` until its receive queue is full; how many it took."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sender:
+        for sent in range(100_000):
+            try:
+                sender.sendto(b"X_TEST_FILLER=1", str(path))
+            except BlockingIOError:
+                return sent
+    raise AssertionError("the notify socket never filled up")
+
+
+@pytest.mark.timeout(30)  # a blocking send would never return
+def test_notify_to_a_full_socket_drops_the_message_at_once_and_logs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daemon.systemd")
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stuck:  # bound, never read
+        stuck.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert _fill(path) > 0
+        started = time.monotonic()
+        assert not any([systemd.notify("WATCHDOG=1") for _ in range(50)])
+        assert time.monotonic() - started < 1.0  # a blocking send would hang here for good
+        dropped = [r for r in caplog.records if "is full" in r.getMessage()]
+        assert len(dropped) == 1, [r.getMessage() for r in caplog.records]
+        stuck.setblocking(False)
+        while True:  # the manager catches up
+            try:
+                stuck.recv(4096)
+            except BlockingIOError:
+                break
+        assert systemd.notify("STATUS=back")
+        assert stuck.recv(4096) == b"STATUS=back"
+        assert any("accepts messages again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(60)  # on a blocking send the loop would freeze in unix_wait_for_peer
+async def test_requests_are_spoken_while_the_notify_socket_is_never_read(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stuck:  # bound, never read
+        stuck.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "20000")  # a ping every 10 ms on top of the status lines
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+        _fill(path)
+        config = make_config(mosquitto, tmp_path, rate_limit_per_s=0)
+        engine = FakeEngine()
+        async with collecting(mosquitto) as ear, running(config, engine, PacedSink(pace=0.0)):
+            await ear.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+            for i in range(5):
+                await ear.say(f"Request number {i} is spoken.", f"stuck-{i}")
+            for i in range(5):
+                assert (await ear.end_of(f"stuck-{i}"))["event"] == "finished"
+    assert len(engine.calls) == 5
