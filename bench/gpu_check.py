@@ -44,6 +44,7 @@ STAGES = ("env", "checkpoints", "parity", "e2e", "t3", "stream")
 # Seconds per stage on the GPU machine; the whole stays under 8 minutes with the install before it.
 GPU_BUDGETS: dict[str, float] = {"env": 20, "checkpoints": 100, "parity": 60, "e2e": 150, "t3": 60, "stream": 60}
 DRY_BUDGETS: dict[str, float] = {"env": 60, "checkpoints": 900, "parity": 300, "e2e": 400, "t3": 200, "stream": 200}
+BENCH_DEFAULT_FAMILY = {"t3": "original", "stream": "turbo"}
 SITE = "gpucheck"
 SHORT = "Hello kitchen."
 PARAGRAPH = ("The weather today will be mostly sunny, with a light breeze from the west and a high of twenty "
@@ -213,8 +214,9 @@ def bench_flags(what: str, check: Check) -> set[str]:
 
 
 def bench_runs(what: str, check: Check, flags: set[str]) -> list[tuple[str, list[str]]]:
-    """(name, argv) per family and compile variant; without --families, the original family alone."""
-    families = check.families if "--families" in flags else ["original"]
+    """(name, argv) per family and compile variant; without --families, the family each bench assumes
+    (bench t3 loads the original's t3_cfg.safetensors, bench stream the engine's default, Turbo)."""
+    families = check.families if "--families" in flags else [BENCH_DEFAULT_FAMILY[what]]
     variants = [False] if check.dry_run or "--compile" not in flags else [False, True]
     if what == "t3" and "--compile" in flags and not check.dry_run:
         variants = [True]  # bench t3 --compile times the eager step beside the compiled one
@@ -245,7 +247,7 @@ def stage_bench(what: str) -> Callable[[Check, float], dict[str, Any]]:
         runs = bench_runs(what, check, flags)
         result: dict[str, Any] = {"flags": sorted(f for f in flags if f != "--help"), "commands": []}
         if "--families" not in flags:
-            result["note"] = f"`bench {what}` has no --families: the original family alone"
+            result["note"] = f"`bench {what}` has no --families: the {BENCH_DEFAULT_FAMILY[what]} family alone"
         if "--compile" not in flags or check.dry_run:
             result["note_compile"] = ("dry run: no compiled variants (minutes on a CPU)" if check.dry_run
                                       else f"`bench {what}` has no --compile")
