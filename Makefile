@@ -6,7 +6,7 @@ CONFIG    ?= configs/default.yaml
 CHECKPOINT ?= var/checkpoint
 PYTEST_ARGS ?=
 
-.PHONY: setup checkpoint run test test-fast lint bench
+.PHONY: setup checkpoint run test test-fast lint bench gpu-wheels gpu-check gpu-check-dry
 
 setup:                      ## system packages (as root on Debian), .venv, the package and dev tools
 	scripts/setup
@@ -31,3 +31,12 @@ lint:
 
 bench:                      ## the benchmark suite (see bench/README.md)
 	$(CHATTERD) bench all
+
+gpu-wheels:                 ## fetch into .gpu/ what the GPU check installs on the offline GPU machine
+	scripts/gpu-wheels
+
+gpu-check:                  ## the one-shot GPU check, on a GPU machine (README "GPU check"); results in $$OUT/gpu-check
+	PY=$(if $(wildcard $(PY)),$(PY),python3) bench/gpu-check.sh
+
+gpu-check-dry:              ## its dry run on this CPU: tiny sizes, results in var/gpu-check-dry
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.gpu_check --dry-run --out var/gpu-check-dry

@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FAMILY = "turbo"
 _CHECKPOINTS = Path(os.environ.get("CHATTERD_TEST_CHECKPOINTS", REPO / "var" / "test-checkpoints"))
 
+# -- device under test (bench/gpu_check.py): CHATTERD_TEST_DEVICE=cuda runs the model tests there; ---
+# int8 is CPU-only, so the engine's T3 is fp32 on a GPU. Unset: the CPU, as always.
+TEST_DEVICE = os.environ.get("CHATTERD_TEST_DEVICE", "cpu")
+TEST_DTYPE = "int8" if TEST_DEVICE == "cpu" else "float32"
+# -- end of the device hunk ------------------------------------------------------------------------
+
 
 def fast_tts_settings(checkpoint: Path, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
     """Engine settings that keep CPU tests short: int8 T3, 2 flow steps, short prompt and chunks.
@@ -31,7 +37,8 @@ def fast_tts_settings(checkpoint: Path, family: str = DEFAULT_FAMILY) -> dict[st
     return {
         "model": family,
         "checkpoint": str(checkpoint),
-        "dtype": "int8",
+        "device": TEST_DEVICE,
+        "dtype": TEST_DTYPE,
         "flow_steps": 2,
         "prompt_tokens": 25,
         "context_tokens": 10,
@@ -87,4 +94,4 @@ def load_t3(checkpoint: Path, family: str) -> Any:
     fam = family_of(family)
     t3 = T3(fam.hparams())
     load_weights(t3, checkpoint / fam.t3_weights)
-    return t3.eval()
+    return t3.to(TEST_DEVICE).eval()
