@@ -169,7 +169,8 @@ def doctor(path: Path, out: Callable[[str], None] = print) -> int:
     first, config = check_config(path)
     checks = [first]
     if config is not None:
-        checks += [check_weights(config.tts.checkpoint, config.tts.model), check_broker(config.mqtt), check_audio(config),
+        checks += [check_weights(config.tts.checkpoint, config.tts.model), check_broker(config.mqtt),
+                   check_audio(config),
                    check_compute(config.tts.device)]
     for check in checks:
         out(f"{check.name:8} {'ok  ' if check.ok else 'FAIL'} {check.detail}")

@@ -75,12 +75,14 @@ def test_bench_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_make_checkpoint_calls_the_maker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    calls: list[tuple[Path, int]] = []
+    calls: list[tuple[Path, str, int]] = []
     maker = types.ModuleType("tts.checkpoint")
-    maker.make_random_checkpoint = lambda out_dir, seed: calls.append((out_dir, seed))  # type: ignore[attr-defined]
+    maker.make_random_checkpoint = (  # type: ignore[attr-defined]
+        lambda out_dir, fam, seed: calls.append((out_dir, fam.name, seed)))
     monkeypatch.setitem(sys.modules, "tts.checkpoint", maker)
     assert main(["make-checkpoint", "--random", str(tmp_path / "ck"), "--seed", "5"]) == 0
-    assert calls == [(tmp_path / "ck", 5)]
+    assert main(["make-checkpoint", "--random", str(tmp_path / "ml"), "--model", "multilingual"]) == 0
+    assert calls == [(tmp_path / "ck", "turbo", 5), (tmp_path / "ml", "multilingual", 0)]
 
 
 def test_say_without_a_broker_exits_2(mosquitto: Broker) -> None:

@@ -96,14 +96,13 @@ class _Link:
 def test_the_birth_topic_is_homeassistant_status_whatever_the_discovery_prefix() -> None:
     link = _Link()
     ha = HomeAssistantDiscovery(HomeAssistantConfig(enabled=True, discovery_prefix="ha-discovery"), link, ("a",))
-    assert "homeassistant/status" in link.subscriptions and "ha-discovery/status" not in link.subscriptions
+    assert list(ha.routes()) == ["homeassistant/status"]  # the link subscribes to its routes
     ha.handle("ha-discovery/status", b"online", 0.0)
     assert link.published == []
     ha.handle("homeassistant/status", b"online", 0.0)
     assert len(link.published) == 6 and all(t.startswith("ha-discovery/") for t in link.published)
-    moved = _Link()
-    HomeAssistantDiscovery(HomeAssistantConfig(enabled=True, birth_topic="hass/birth"), moved, ("a",))
-    assert "hass/birth" in moved.subscriptions
+    moved = HomeAssistantDiscovery(HomeAssistantConfig(enabled=True, birth_topic="hass/birth"), _Link(), ("a",))
+    assert list(moved.routes()) == ["hass/birth"]
 
 
 def _configs(listener: Listener, prefix: str) -> list[str]:

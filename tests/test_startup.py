@@ -16,7 +16,7 @@ import yaml
 from conftest import AlsaCapture, Broker, free_port
 
 from daemon import quiet
-from tts.checkpoint import CHECKPOINT_FILES
+from tts.families import TURBO
 
 NATIVE_NOISE = re.compile(r"ALSA lib|jack|Jack|Cannot connect to server|pcm_|PulseAudio")
 
@@ -78,7 +78,7 @@ def test_devices_lists_the_exact_names_audio_device_takes(alsa_capture: AlsaCapt
 def _checkpoint(tmp_path: Path) -> Path:
     directory = tmp_path / "weights"
     directory.mkdir()
-    for name in CHECKPOINT_FILES:
+    for name in TURBO.files:  # the default model's
         (directory / name).write_bytes(b"")  # doctor checks the layout; it does not load the model
     return directory
 

@@ -51,25 +51,27 @@ class TTSConfig:
     # chunk as large as the audio queued ahead of playback covers (its synthesis may take at most
     # `chunk_headroom` of that audio's duration), between `chunk_tokens` and `max_chunk_tokens`.
     # When synthesis is slower than playback, chunks grow by `chunk_growth` instead.
-    first_chunk_tokens: int = 10
+    # null = the device profile's (tts/profiles.py: CPU 6, GPU 10).
+    first_chunk_tokens: int | None = None
     chunk_tokens: int = 25
     chunk_growth: float = 2.0
     max_chunk_tokens: int = 100
     chunk_headroom: float = 0.5
-    # Already-vocoded tokens fed again as left context at every chunk (prosody continuity).
-    context_tokens: int = 50
+    # Already-vocoded tokens fed again as left context at every chunk (prosody continuity);
+    # null = the device profile's (CPU 25, GPU 50).
+    context_tokens: int | None = None
     # Flow-matching (CFM) Euler steps in the vocoder; null = the family's (original 10, Turbo 2).
     flow_steps: int | None = None
     # Classifier-free guidance rate inside the flow matching; null = the family's (original 0.7,
     # Turbo 0: its meanflow decoder has CFG distilled in). 0 halves the original's vocoder cost.
     flow_cfg_rate: float | None = None
-    # Cap on the voice-prompt tokens prepended to every vocoder call (null = the full prompt, ~10 s).
+    # Cap on the voice-prompt tokens prepended to every vocoder call; null = the device profile's
+    # (CPU 50, i.e. 2 s; GPU the full prompt, ~10 s). A number above the prompt's length means all of it.
     prompt_tokens: int | None = None
     # Crossfade at chunk seams, milliseconds.
     crossfade_ms: float = 20.0
     # Decode T3 on its own thread (and CUDA stream) while the vocoder works on the previous chunk.
-    # null = auto: on with CUDA; off on CPU, where the two compete for the same cores (on 2 cores
-    # it made no reliable difference: `chatterd bench stream`, fast vs fast_pipelined).
+    # null = the device profile's: on (CUDA: its own stream; CPU: its own cores, see t3_threads).
     pipeline: bool | None = None
     # torch.compile the T3 step and the flow estimator (and warm every shape up before serving).
     compile: bool = False
@@ -111,12 +113,13 @@ class TTSConfig:
             (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 = off) or null"),
             (not (self.model in FAMILIES and FAMILIES[self.model].flow.meanflow and (self.flow_cfg_rate or 0) > 0),
              "flow_cfg_rate must be 0 or null for the turbo model: its meanflow decoder has CFG distilled in"),
-            (self.first_chunk_tokens >= 1, "first_chunk_tokens must be >= 1"),
+            (self.first_chunk_tokens is None or self.first_chunk_tokens >= 1,
+             "first_chunk_tokens must be >= 1 or null"),
             (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
             (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
             (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
             (0 < self.chunk_headroom <= 1, "chunk_headroom must be in (0, 1]"),
-            (self.context_tokens >= 0, "context_tokens must be >= 0"),
+            (self.context_tokens is None or self.context_tokens >= 0, "context_tokens must be >= 0 or null"),
             (unset_or(self.flow_steps, 1 <= (self.flow_steps or 0) <= 50), "flow_steps must be in 1..50"),
             (unset_or(self.flow_cfg_rate, 0 <= (self.flow_cfg_rate or 0) <= 2), "flow_cfg_rate must be in 0..2"),
             (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),

@@ -38,7 +38,7 @@ from tts.loading import LoadedModel, load_model, pick_vocoder_dtype
 from tts.schedule import ChunkSchedule
 from tts.t3 import PrefixKV, SamplingParams, T3Decoder, prefix_length
 from tts.text import normalize, strip_tags, token_budget
-from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, window_frames
+from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, prepare_hift, window_frames
 from tts.voices import Voice
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ class StreamingTTS:
         self.random_weights = model.random_weights
         fam = self.family
         self.default_language = config.language or fam.default_language
-        self.flow_steps = config.flow_steps or fam.flow.steps
-        self.flow_cfg_rate = fam.flow.cfg_rate if config.flow_cfg_rate is None else config.flow_cfg_rate
+        self.resolved = model.settings  # the device profile where the config left a knob null
+        self.flow_steps = self.resolved.flow_steps
+        self.flow_cfg_rate = self.resolved.flow_cfg_rate
         # The longest prefix: conditioning + the longest text (+ its markers) + the BOS embeddings.
         max_prefix = prefix_length(fam, model.t3.hp, config.max_text_tokens + 2)
         self.decoder = T3Decoder(model.t3, fam, dtype=model.dtype, max_len=max_prefix + config.max_speech_tokens,
@@ -100,6 +101,7 @@ class StreamingTTS:
         self.vocoder_dtype = pick_vocoder_dtype(config.vocoder_dtype, model.device)
         self.flow_estimator = FlowEstimator(model.s3gen.flow.decoder.estimator, compile=config.compile,
                                             dtype=self.vocoder_dtype)
+        prepare_hift(model.s3gen.mel2wav, self.vocoder_dtype)
         s = fam.sampling
         self.params = SamplingParams.of(
             s, temperature=config.temperature, cfg_weight=config.cfg_weight,
@@ -119,8 +121,8 @@ class StreamingTTS:
 
     @property
     def pipelined(self) -> bool:
-        """Whether T3 decodes on its own thread (tts.pipeline; auto = on CUDA only)."""
-        return self.config.pipeline if self.config.pipeline is not None else self.device.type == "cuda"
+        """Whether T3 decodes on its own thread (tts.pipeline; null = the profile's: on)."""
+        return self.resolved.pipeline
 
     def thread_split(self) -> tuple[int, int] | None:
         """(T3 threads, vocoder threads) while pipelined on a CPU (None on CUDA: streams, not cores)."""
@@ -146,12 +148,12 @@ class StreamingTTS:
     def settings(self) -> dict[str, object]:
         """What this engine runs with, resolved (for the start-up log line and benches)."""
         return {
-            "model": self.family.name, "device": str(self.device),
+            "model": self.family.name, "profile": self.resolved.profile, "device": str(self.device),
             "t3": "int8" if self.loaded.int8 else str(self.dtype).removeprefix("torch."),
             "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
-            "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.config.first_chunk_tokens,
-            "context_tokens": self.config.context_tokens, "prompt_tokens": self.config.prompt_tokens,
+            "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
+            "context_tokens": self.resolved.context_tokens, "prompt_tokens": self.resolved.prompt_tokens,
             "threads": torch.get_num_threads(),
         }
 
@@ -167,6 +169,7 @@ class StreamingTTS:
                     digest.update(tensor.detach().float().cpu().numpy().tobytes())
                 voices[voice.name] = digest.hexdigest()
             settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in _NOT_AUDIBLE}
+            settings.update(dataclasses.asdict(self.resolved))  # what the profile chose
             self._identity = json.dumps({
                 "family": self.family.name, "checkpoint": checkpoint_files(self.checkpoint_dir, self.family),
                 "device": self.device.type, "dtype": self.settings()["t3"], "sampling": dataclasses.asdict(self.params),
@@ -202,7 +205,7 @@ class StreamingTTS:
                            for v in self.voice_bank)  # a voice's prompt may be shorter than the full one
             t3_buckets = self.decoder.buckets_for(shortest, self.decoder.max_len - shortest - 1)
             frames = [n for voice in self.voice_bank
-                      for n in window_frames(voice.prompt, cfg.context_tokens, cfg.max_chunk_tokens)]
+                      for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens)]
             total = len(t3_buckets) + len({bucket(n) for n in frames}) + 1
             self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params,
                                  progress=lambda n, _: _report(progress, n, total, "T3 step graph"))
@@ -219,7 +222,7 @@ class StreamingTTS:
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
-        for _ in self.stream(words, max_tokens=cfg.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD,
+        for _ in self.stream(words, max_tokens=self.resolved.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD,
                              stats=stats):
             pass
         _report(progress, total, total, "end-to-end request")
@@ -293,10 +296,10 @@ class StreamingTTS:
         with torch.inference_mode():
             prefix = self.decoder.prefix_embeds(voice.cond_emb, self.encode(text, language))
         vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow=self.family.flow,
-                                   flow_steps=self.flow_steps, context_tokens=cfg.context_tokens,
+                                   flow_steps=self.flow_steps, context_tokens=self.resolved.context_tokens,
                                    crossfade_ms=cfg.crossfade_ms, generator=generator,
                                    flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator)
-        schedule = ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+        schedule = ChunkSchedule(self.resolved.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=queued_s)
         tokens: list[int] = []
         produced = 0
@@ -345,7 +348,7 @@ class StreamingTTS:
         """
         stop = _AnyEvent(halt, cancel)
         blocks = _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop,
-                                              first_block=self.config.first_chunk_tokens + LOOKAHEAD,
+                                              first_block=self.resolved.first_chunk_tokens + LOOKAHEAD,
                                               cached=cached), stats)
         if not self.pipelined:
             yield from blocks

@@ -19,6 +19,7 @@ from tts.checkpoint import is_random_checkpoint, load_weights, resolve_checkpoin
 from tts.config import TTSConfig
 from tts.errors import DeviceError
 from tts.families import Family, family
+from tts.profiles import Settings, resolve
 from tts.t3 import cast_for_decoding
 from tts.tokenizers import TextTokenizer
 from tts.voices import DEFAULT_VOICE, Voice, VoiceBank, build_voice, conditionals_from_wav, load_conds_file
@@ -39,6 +40,7 @@ class LoadedModel:
     dtype: torch.dtype  # T3's compute dtype
     int8: bool  # T3's linear layers dynamically quantised
     checkpoint_dir: Path
+    settings: Settings  # the device profile's choices where the config left them null
 
     @property
     def random_weights(self) -> bool:
@@ -107,6 +109,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir).resolve() / "inductor"))
     device = pick_device(config.device)
     dtype, int8 = pick_dtype(config.dtype, device)
+    settings = resolve(config, fam, device)
     ckpt = resolve_checkpoint(config.checkpoint, fam)
     t0 = time.perf_counter()
 
@@ -124,7 +127,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
     exaggeration = config.exaggeration if config.exaggeration is not None else fam.sampling.exaggeration
     voices: dict[str, Voice] = {
         DEFAULT_VOICE: build_voice(DEFAULT_VOICE, load_conds_file(ckpt / "conds.pt"), t3, exaggeration=exaggeration,
-                                   prompt_tokens=config.prompt_tokens, device=device)
+                                   prompt_tokens=settings.prompt_tokens, device=device)
     }
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
     for name, wav in config.voices.items():
@@ -132,13 +135,13 @@ def load_model(config: TTSConfig) -> LoadedModel:
                                       t3_prompt_len=t3.hp.speech_cond_prompt_len, cache_dir=cache_dir,
                                       model_id=str(ckpt))
         voices[name] = build_voice(name, conds, t3, exaggeration=exaggeration,
-                                   prompt_tokens=config.prompt_tokens, device=device)
+                                   prompt_tokens=settings.prompt_tokens, device=device)
     del ve  # only needed to prepare voices
 
     # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
     if not int8 and dtype != torch.float32:
         cast_for_decoding(t3, dtype)
-    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices), device, dtype, int8, ckpt)
+    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices), device, dtype, int8, ckpt, settings)
     log.info("loaded the %s model from %s in %.1f s%s", fam.name, ckpt, time.perf_counter() - t0,
              " (RANDOM WEIGHTS: output is noise)" if model.random_weights else "")
     return model

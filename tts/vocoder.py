@@ -55,6 +55,44 @@ class VoicePrompt:
                    torch.atleast_2d(ref["embedding"]).to(device=device, dtype=torch.float32))
 
 
+class _Bf16Conv(torch.nn.Module):
+    """A convolution with real bf16 weights between fp32 activations (HiFT's other ops stay fp32)."""
+
+    def __init__(self, conv: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = conv.to(torch.bfloat16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(x.to(torch.bfloat16))
+        return out.float()
+
+
+def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Ready upstream's HiFT for serving; returns how many convolutions it changed.
+
+    Weight norm is folded into plain weights (upstream recomputes every normalised weight on every
+    call, ~7% of HiFT's time; the output is identical). With bf16, the convolutions, 70% of HiFT's
+    time on a CPU, run with bf16 weights (~25% faster at ~0.4% relative error on a chunk).
+    """
+    from torch.nn.utils import parametrize
+
+    changed = 0
+    for module in hift.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):  # type: ignore[union-attr, operator]
+                parametrize.remove_parametrizations(module, name)
+                changed += 1
+    if dtype == torch.bfloat16:
+        def swap(parent: torch.nn.Module) -> None:
+            for name, child in parent.named_children():
+                if isinstance(child, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
+                    setattr(parent, name, _Bf16Conv(child))
+                else:
+                    swap(child)
+        swap(hift)
+    return changed
+
+
 def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int) -> range:
     """Every flow length a request can run with this prompt: prompt + 1..context+chunk+lookahead tokens."""
     first = prompt.mels.shape[1] + MEL_PER_TOKEN

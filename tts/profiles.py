@@ -1,0 +1,62 @@
+"""Per-device defaults: the settings a config leaves null, chosen for the device the engine runs on.
+
+* `realtime` (a CPU): T3 pipelined on its own cores, a 50-token voice prompt and 25 tokens of left
+  context in every vocoder call, a 6-token first chunk: what keeps Turbo up with playback on two
+  cores (README "Performance"; `chatterd bench stream`).
+* `fidelity` (CUDA): the full voice prompt, 50 tokens of context, a 10-token first chunk; T3 on its
+  own CUDA stream. A GPU has the headroom, so nothing trades output distance for speed.
+
+Every field is overridable in the config; the engine logs the resolved settings at start. The
+weight dtypes have their own `auto` (tts.loading: pick_dtype, pick_vocoder_dtype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tts.config import TTSConfig
+from tts.families import Family
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs a profile decides, resolved: the config's value where it set one, else the profile's."""
+
+    profile: str
+    pipeline: bool
+    prompt_tokens: int | None  # None: the voice's whole prompt
+    context_tokens: int
+    first_chunk_tokens: int
+    flow_steps: int
+    flow_cfg_rate: float
+
+
+_PROFILES: dict[str, dict[str, object]] = {
+    "realtime": {"pipeline": True, "prompt_tokens": 50, "context_tokens": 25, "first_chunk_tokens": 6},
+    "fidelity": {"pipeline": True, "prompt_tokens": None, "context_tokens": 50, "first_chunk_tokens": 10},
+}
+
+
+def profile_name(device: torch.device) -> str:
+    return "fidelity" if device.type == "cuda" else "realtime"
+
+
+def resolve(config: TTSConfig, family: Family, device: torch.device) -> Settings:
+    name = profile_name(device)
+    profile = _PROFILES[name]
+
+    def pick(key: str) -> object:
+        value = getattr(config, key)
+        return profile[key] if value is None else value
+
+    return Settings(
+        profile=name,
+        pipeline=bool(pick("pipeline")),
+        prompt_tokens=pick("prompt_tokens"),  # type: ignore[arg-type]
+        context_tokens=int(pick("context_tokens")),  # type: ignore[call-overload]
+        first_chunk_tokens=int(pick("first_chunk_tokens")),  # type: ignore[call-overload]
+        flow_steps=config.flow_steps or family.flow.steps,
+        flow_cfg_rate=family.flow.cfg_rate if config.flow_cfg_rate is None else config.flow_cfg_rate,
+    )
