@@ -54,9 +54,9 @@ class Daemon:
         return len(read_raw_int16(self.raw_path)) / CAPTURE_RATE
 
 
-@pytest.fixture(scope="module")
-def daemon(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    root = tmp_path_factory.mktemp("e2e")
+def start_daemon(tts: dict[str, Any], root: Path) -> Daemon:
+    """`chatterd run` with `tts` settings against a fresh broker, PortAudio writing to a file; waits
+    for ready (the end of warm-up)."""
     broker = Broker(root)
     broker.start()
     config_home = root / "xdg"
@@ -65,7 +65,7 @@ def daemon(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC.format(rate=CAPTURE_RATE, path=raw_path))
     config = {
         "mqtt": {"host": broker.host, "port": broker.port, "site": SITE},
-        "tts": fast_tts_settings(checkpoint_dir),
+        "tts": tts,
         "audio": {"output": "pyaudio"},
         "log": {"level": "INFO"},
     }
@@ -87,13 +87,39 @@ def daemon(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             broker.stop()
             pytest.fail(f"chatterd not ready within {READY_TIMEOUT} s:\n{handle.log()[-3000:]}")
         time.sleep(0.5)
+    return handle
+
+
+def stop_daemon(handle: Daemon) -> None:
+    if handle.process.poll() is None:
+        handle.process.kill()
+        handle.process.wait()
+    handle.broker.stop()
+
+
+def write_tone_wav(path: Path, seconds: float, rate: int = 24000) -> Path:
+    """A plain tone: a reference that is readable but, at `seconds` < 5, too short for Turbo."""
+    import wave
+
+    t = np.arange(int(rate * seconds)) / rate
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("e2e")
+    # The default model (Turbo), with one voice whose reference is too short for it.
+    tts = {**fast_tts_settings(checkpoint_dir), "voices": {"short": str(write_tone_wav(root / "short.wav", 3.0))}}
+    handle = start_daemon(tts, root)
     try:
         yield handle
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        broker.stop()
+        stop_daemon(handle)
 
 
 async def _exchange(daemon: Daemon, messages: list[tuple[str, bytes]], *, ends: int, timeout: float = 300.0,
@@ -166,6 +192,17 @@ async def test_plain_text_and_json_are_spoken(daemon: Daemon) -> None:
     assert captured == pytest.approx(reported, abs=0.15)
     samples = read_raw_int16(daemon.raw_path)[int(before * CAPTURE_RATE):]
     assert np.abs(samples).max() > 100, "the captured audio must not be silence"
+
+
+async def test_a_voice_too_short_for_turbo_gets_an_error_and_the_next_message_is_spoken(daemon: Daemon) -> None:
+    assert "voice short is unusable" in daemon.log() and "at least 5 s" in daemon.log()
+    events = await _exchange(daemon, [
+        (f"{BASE}/say", json.dumps({"text": "Hello.", "voice": "short", "id": "short-voice"}).encode()),
+        (f"{BASE}/say", json.dumps({"text": "Hello.", "id": "after-short"}).encode()),
+    ], ends=2)
+    error = next(e for e in events if e["id"] == "short-voice")
+    assert error["event"] == "error" and error["code"] == "unknown_voice" and "default" in error["message"]
+    assert _by_id(events, "after-short") == ["queued", "started", "finished"]
 
 
 async def test_stop_mid_speech_cuts_audio(daemon: Daemon) -> None:

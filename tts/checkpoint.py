@@ -125,6 +125,8 @@ def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) ->
 
     `strict`: unexpected keys are errors too (missing keys always are, except S3Gen's recomputed buffers).
     """
+    import torch
+
     try:
         if path.suffix == ".pt":
             state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)

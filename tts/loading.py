@@ -17,7 +17,7 @@ import torch
 
 from tts.checkpoint import is_random_checkpoint, load_weights, resolve_checkpoint
 from tts.config import TTSConfig
-from tts.errors import DeviceError
+from tts.errors import DeviceError, VoiceError
 from tts.families import Family, family
 from tts.profiles import Settings, resolve
 from tts.t3 import cast_for_decoding
@@ -130,10 +130,16 @@ def load_model(config: TTSConfig) -> LoadedModel:
                                    prompt_tokens=settings.prompt_tokens, device=device)
     }
     cache_dir = Path(config.cache_dir) if config.cache_dir else None
+    unusable: dict[str, str] = {}
     for name, wav in config.voices.items():
-        conds = conditionals_from_wav(Path(wav), family=fam, ve=ve, s3gen=s3gen,
-                                      t3_prompt_len=t3.hp.speech_cond_prompt_len, cache_dir=cache_dir,
-                                      model_id=str(ckpt))
+        try:
+            conds = conditionals_from_wav(Path(wav), family=fam, ve=ve, s3gen=s3gen,
+                                          t3_prompt_len=t3.hp.speech_cond_prompt_len, cache_dir=cache_dir,
+                                          model_id=str(ckpt))
+        except VoiceError as exc:  # one bad reference must not keep the daemon from speaking
+            log.error("voice %s is unusable and not offered: %s", name, exc)
+            unusable[name] = str(exc)
+            continue
         voices[name] = build_voice(name, conds, t3, exaggeration=exaggeration,
                                    prompt_tokens=settings.prompt_tokens, device=device)
     del ve  # only needed to prepare voices
@@ -141,7 +147,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
     # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
     if not int8 and dtype != torch.float32:
         cast_for_decoding(t3, dtype)
-    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices), device, dtype, int8, ckpt, settings)
+    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices, unusable), device, dtype, int8, ckpt, settings)
     log.info("loaded the %s model from %s in %.1f s%s", fam.name, ckpt, time.perf_counter() - t0,
              " (RANDOM WEIGHTS: output is noise)" if model.random_weights else "")
     return model

@@ -38,10 +38,15 @@ class Voice:
 
 
 class VoiceBank:
-    """Name -> Voice, all prepared at load so requests never pay for conditioning."""
+    """Name -> Voice, all prepared at load so requests never pay for conditioning.
 
-    def __init__(self, voices: dict[str, Voice]) -> None:
+    `unusable`: configured voices that could not be prepared (name -> why); they are not offered,
+    and a request naming one gets a VoiceError with the reason instead of an unknown-voice error.
+    """
+
+    def __init__(self, voices: dict[str, Voice], unusable: dict[str, str] | None = None) -> None:
         self._voices = voices
+        self.unusable = dict(unusable or {})
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -53,6 +58,8 @@ class VoiceBank:
     def get(self, name: str | None) -> Voice:
         voice = self._voices.get(name or DEFAULT_VOICE)
         if voice is None:
+            if (name or DEFAULT_VOICE) in self.unusable:
+                raise VoiceError(f"voice {name!r} is unusable: {self.unusable[name or DEFAULT_VOICE]}")
             raise UnknownVoice(name or DEFAULT_VOICE, self.names)
         return voice
 
