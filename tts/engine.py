@@ -198,26 +198,24 @@ class StreamingTTS:
         """
         t0 = time.perf_counter()
         cfg = self.config
-        done = 0
-        if cfg.compile:
-            # Every KV bucket from the shortest possible prefix to a full cache, every flow window length.
-            shortest = min(self.decoder.prefix_len(1) - self.decoder.cond_len + int(v.cond_emb.shape[1])
-                           for v in self.voice_bank)  # a voice's prompt may be shorter than the full one
-            t3_buckets = self.decoder.buckets_for(shortest, self.decoder.max_len - shortest - 1)
-            frames = [n for voice in self.voice_bank
-                      for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens)]
-            total = len(t3_buckets) + len({bucket(n) for n in frames}) + 1
+        # Every KV bucket from the shortest possible prefix to a full cache (compiled T3 step graphs),
+        # every flow window bucket of every voice (compiled graphs, or oneDNN's per-shape kernels).
+        shortest = min(self.decoder.prefix_len(1) - self.decoder.cond_len + int(v.cond_emb.shape[1])
+                       for v in self.voice_bank)  # a voice's prompt may be shorter than the full one
+        t3_buckets = self.decoder.buckets_for(shortest, self.decoder.max_len - shortest - 1) if cfg.compile else []
+        frames = [n for voice in self.voice_bank
+                  for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens)]
+        flow_buckets = {bucket(n) for n in frames} if self.flow_estimator.bucketed else set()
+        total = len(t3_buckets) + len(flow_buckets) + 1
+        if t3_buckets:
             self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params,
                                  progress=lambda n, _: _report(progress, n, total, "T3 step graph"))
-            done = len(t3_buckets)
-            log.info("warm-up: %d T3 step graphs compiled", done)
-            n = self.flow_estimator.warm_up(frames, rows=2 if self.flow_cfg_rate > 0 else 1, device=self.device,
-                                            progress=lambda k, _: _report(progress, done + k, total,
-                                                                          "flow estimator graph"))
-            done += n
-            log.info("warm-up: flow estimator compiled and run at %d window lengths", n)
-        else:
-            total = 1
+            log.info("warm-up: %d T3 step graphs compiled", len(t3_buckets))
+        if flow_buckets:
+            n = self.flow_estimator.warm_up(
+                frames, rows=2 if self.flow_cfg_rate > 0 else 1, device=self.device,
+                progress=lambda k, _: _report(progress, len(t3_buckets) + k, total, "flow estimator window"))
+            log.info("warm-up: flow estimator run at %d window lengths%s", n, " (compiled)" if cfg.compile else "")
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()

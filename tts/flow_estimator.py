@@ -51,8 +51,10 @@ class FlowEstimator:
         # Turbo's distilled estimator also takes the step's end time r, mixed into the time embedding.
         self.meanflow: bool = bool(getattr(estimator, "meanflow", False))
         self.compiled = compile
-        # Buckets exist for compiled graphs; eager runs skip the padding (up to 31 wasted frames).
-        self.bucketed = compile if bucketed is None else bucketed
+        # Buckets exist for compiled graphs, and for bf16 weights: oneDNN builds its bf16 kernels per
+        # shape (a first call at a new length is several times slower), so few lengths, all warmed.
+        # Eager fp32 runs skip the padding (up to 31 wasted frames).
+        self.bucketed = (compile or dtype != torch.float32) if bucketed is None else bucketed
         self._forward: Callable[..., Tensor] = self._unet
         if compile:
             # One graph for every bucket on CPU (the length is symbolic); on CUDA, reduce-overhead
