@@ -97,23 +97,30 @@ def _summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {k: Summary.of([r[k] for r in runs]).to_json() for k in keys}
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux: clear_refs 5), so the next reading is one engine's own."""
+def _reset_peak_rss() -> tuple[bool, float]:
+    """Collect garbage and reset this process's peak RSS (Linux: clear_refs 5), so that the next reading
+    covers one run alone; returns (whether it could, the RSS it starts from in MB)."""
+    gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return True
+        reset = True
     except OSError:
-        return False
+        reset = False
+    return reset, _status_mb("VmRSS:") or 0.0
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _peak_rss_mb() -> float:
+    return _status_mb("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_baseline(venv: Path, checkpoint: Path, text: str, chunk_size: int, context: int, chunks: int,
@@ -171,7 +178,7 @@ def run_ours(config: Config, checkpoint: Path, cases: dict[str, tuple[str, int]]
     from tts.engine import StreamingTTS, SynthesisStats
 
     cfg = TTSConfig(model=config.family, checkpoint=str(checkpoint), **config.overrides)
-    isolated = _reset_peak_rss()
+    isolated, rss_at_start = _reset_peak_rss()
     t0 = time.perf_counter()
     engine = StreamingTTS.load(cfg)
     load_s = time.perf_counter() - t0
@@ -193,6 +200,7 @@ def run_ours(config: Config, checkpoint: Path, cases: dict[str, tuple[str, int]]
                                  "split": _summarise(splits), "runs": runs, "timelines": timelines}
     result["peak_rss_mb"] = _peak_rss_mb()
     result["peak_rss_isolated"] = isolated  # False: the process's peak so far, not this engine's alone
+    result["rss_at_start_mb"] = rss_at_start  # what the process held before loading it
     if config.fidelity:
         text, tokens = cases["headline"]
         result["fidelity"] = _fidelity(engine, text, config.language, tokens, seed=0)
@@ -208,7 +216,7 @@ def run_upstream_turbo(checkpoint: Path, text: str, tokens: int, repeats: int) -
 
     from tts.families import S3GEN_VOCAB
 
-    isolated = _reset_peak_rss()
+    isolated, rss_at_start = _reset_peak_rss()
     t0 = time.perf_counter()
     model = ChatterboxTurboTTS.from_local(checkpoint, "cpu")
     load_s = time.perf_counter() - t0
@@ -237,8 +245,9 @@ def run_upstream_turbo(checkpoint: Path, text: str, tokens: int, repeats: int) -
         mels = model.s3gen.flow_inference(speech, ref_dict=model.conds.gen, n_cfm_timesteps=2, finalize=True)
         mels = mels.to(dtype=model.s3gen.dtype)
         t_hift = time.perf_counter()
-        wavs, _ = model.s3gen.hift_inference(mels, None)
-        wavs[:, : len(model.s3gen.trim_fade)] *= model.s3gen.trim_fade
+        with torch.inference_mode():  # as S3Gen.inference runs
+            wavs, _ = model.s3gen.hift_inference(mels, None)
+            wavs[:, : len(model.s3gen.trim_fade)] *= model.s3gen.trim_fade
         wav = wavs.squeeze(0).detach().cpu().numpy()
         end = time.perf_counter()
         chunks = [(end - start, int(len(wav)))]
@@ -254,7 +263,7 @@ def run_upstream_turbo(checkpoint: Path, text: str, tokens: int, repeats: int) -
     result = {"method": "ChatterboxTurboTTS.from_local + generate()'s steps restated (no watermark)",
               "sampling": defaults, "n_cfm_timesteps": 2, "tokens": tokens, "load_s": load_s,
               "summary": _summarise(runs), "split": _summarise(splits), "runs": runs, "timelines": timelines,
-              "peak_rss_mb": _peak_rss_mb(), "peak_rss_isolated": isolated}
+              "peak_rss_mb": _peak_rss_mb(), "peak_rss_isolated": isolated, "rss_at_start_mb": rss_at_start}
     return result
 
 
@@ -366,6 +375,12 @@ def run(checkpoints: dict[str, Path], *, baseline_venv: Path | None, repeats: in
     return results
 
 
+def _rss(run: dict[str, Any]) -> str:
+    if not run["peak_rss_isolated"]:
+        return f"peak RSS {run['peak_rss_mb']:.0f} MB (the process's peak so far)"
+    return f"peak RSS {run['peak_rss_mb']:.0f} MB (from {run['rss_at_start_mb']:.0f} MB before loading)"
+
+
 def report(results: dict[str, Any]) -> str:
     def line(label: str, summary: dict[str, Any]) -> str:
         s = {k: Summary(**v) for k, v in summary.items()}
@@ -383,15 +398,15 @@ def report(results: dict[str, Any]) -> str:
         out.append(line(f"seed method {name}", b["summary"]) + f"  RSS {b['peak_rss_mb']:.0f} MB")
     if "upstream_turbo" in results:
         up = results["upstream_turbo"]
-        out.append(line("upstream Turbo generate()", up["summary"]) + f"  RSS {up['peak_rss_mb']:.0f} MB")
+        out.append(line("upstream Turbo generate()", up["summary"]))
+        out.append(f"    load {up['load_s']:.1f} s, " + _rss(up))
         out.append(split(up))
     for fam, runs in results["ours"].items():
         for name, o in runs.items():
             for case, c in o["cases"].items():
                 out.append(line(f"chatterd {fam} {name} {case} ({c['tokens']} tok)", c["summary"]))
                 out.append(split(c))
-            out.append(f"    load {o['load_s']:.1f} s, warm-up {o['warm_up_s']:.1f} s, peak RSS "
-                       f"{o['peak_rss_mb']:.0f} MB{'' if o['peak_rss_isolated'] else ' (process peak)'}")
+            out.append(f"    load {o['load_s']:.1f} s, warm-up {o['warm_up_s']:.1f} s, " + _rss(o))
             if "fidelity" in o:
                 f = o["fidelity"]
                 ours, seed = f["ours"], f["seed_method"]
