@@ -218,7 +218,8 @@ def run_upstream_turbo(checkpoint: Path, text: str, tokens: int, repeats: int) -
 
     isolated, rss_at_start = _reset_peak_rss()
     t0 = time.perf_counter()
-    model = ChatterboxTurboTTS.from_local(checkpoint, "cpu")
+    # The device our engine picks by default (tts.device auto), so both run on the same one.
+    model = ChatterboxTurboTTS.from_local(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     load_s = time.perf_counter() - t0
     # generate()'s own sampling defaults (CFG, min_p and exaggeration do not apply to Turbo).
     defaults = {k: p.default for k, p in inspect.signature(model.generate).parameters.items()
