@@ -58,11 +58,19 @@ def checkpoints(args: argparse.Namespace, parser: argparse.ArgumentParser,
     overrides: dict[str, Path] = {}
     for item in args.checkpoint:
         name, sep, directory = item.partition("=")
-        if not sep or name not in FAMILIES:
-            parser.error(f"--checkpoint takes FAMILY=DIR with FAMILY one of {', '.join(FAMILIES)} (got {item!r})")
+        if not sep:  # a bare DIR: the family whose files it holds
+            directory = item
+            fits = [n for n, f in FAMILIES.items() if all((Path(item) / file).is_file() for file in f.files)]
+            if len(fits) != 1:
+                parser.error(f"--checkpoint {item}: holds no single family's files; use FAMILY=DIR")
+            name = fits[0]
+        if name not in FAMILIES:
+            parser.error(f"--checkpoint takes [FAMILY=]DIR with FAMILY one of {', '.join(FAMILIES)} (got {item!r})")
         overrides[name] = Path(directory)
     paths = {name: overrides.get(name, args.checkpoints / name) for name in FAMILIES}
-    names = wanted if wanted is not None else [n for n, p in paths.items() if p.is_dir()]
+    # Default: every family with a checkpoint directory (only the --checkpoint ones, if any are given).
+    names = wanted if wanted is not None else [n for n, p in paths.items() if p.is_dir()
+                                               and (not overrides or n in overrides)]
     if not names:
         parser.error(f"no family checkpoint under {args.checkpoints}; make them with `make checkpoints` "
                      f"(`chatterd make-checkpoint --random --model FAMILY {args.checkpoints}/FAMILY`)")
@@ -85,8 +93,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
                         help="directory holding one checkpoint per family, DIR/<family> "
                              "(`make checkpoints` makes random ones); default %(default)s")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="FAMILY=DIR",
-                        help="one family's checkpoint directory, overriding --checkpoints (repeatable)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="[FAMILY=]DIR",
+                        help="one family's checkpoint directory, overriding --checkpoints (repeatable; a bare "
+                             "DIR counts for the family whose files it holds)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON results go")
     sub = parser.add_subparsers(dest="what", required=True)
     families_help = "comma-separated families (default: every family with a checkpoint)"

@@ -41,6 +41,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
     from tts.config import TTSConfig
     from tts.engine import StreamingTTS
     from tts.flow_estimator import FlowEstimator
+    from tts.profiles import resolve
     from tts.vocoder import window_frames
     from tts.voices import load_conds_file
 
@@ -58,26 +59,25 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
         if only and name not in only:
             continue
         cfg = dataclasses.replace(defaults, **change)
-        # None = the family's own (as the engine resolves them).
-        steps = cfg.flow_steps or flow.steps
-        rate = flow.cfg_rate if cfg.flow_cfg_rate is None else cfg.flow_cfg_rate
+        knobs = resolve(cfg, engine.family, engine.device)  # null = the family's or the device profile's
+        steps, rate, context = knobs.flow_steps, knobs.flow_cfg_rate, knobs.context_tokens
         if flow.meanflow and rate > 0:
             continue  # a meanflow decoder has no flow CFG
-        prompt = VoicePrompt.from_ref_dict(ref_dict, cfg.prompt_tokens, engine.device)
+        prompt = VoicePrompt.from_ref_dict(ref_dict, knobs.prompt_tokens, engine.device)
         estimator, compile_s = None, None
         if cfg.compile:
             estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
             t0 = time.perf_counter()
-            estimator.warm_up(window_frames(prompt, cfg.context_tokens, cfg.max_chunk_tokens),
+            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens),
                               rows=2 if rate > 0 else 1, device=engine.device)
             compile_s = time.perf_counter() - t0
         seconds, streamed = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
             streamed = fidelity.stream_ours(
-                engine.s3gen, prompt, ids, flow=flow, flow_steps=steps, context_tokens=cfg.context_tokens,
+                engine.s3gen, prompt, ids, flow=flow, flow_steps=steps, context_tokens=context,
                 crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=rate, estimator=estimator,
-                schedule=ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+                schedule=ChunkSchedule(knobs.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                        cfg.max_chunk_tokens))
             seconds.append(time.perf_counter() - t0)
         assert streamed is not None

@@ -2,8 +2,8 @@
 
 On one machine, each family on its own checkpoint, with one token count:
   ours      StreamingTTS per family: Turbo with the engine's defaults for the device; the original
-            with fidelity-first defaults and with the fast knobs (also with T3 pipelined on its own
-            thread, off by default on a CPU); multilingual with its defaults on a German text
+            with those, with the fidelity-first knobs and with the fast knobs (also with T3 inline
+            beside the pipelined default); multilingual with its defaults on a German text
   baseline  the seed's method: chatterbox-streaming 0.1.2 `generate_stream` (its own venv,
             bench/baseline_runner.py) on the original checkpoint, at its defaults (chunk 25,
             context 50) and at the seed's recommendation (75, 150)
@@ -48,6 +48,9 @@ SAMPLE_RATE = 24000
 # Knob settings that trade fidelity for speed on a CPU (each measured in bench/README.md).
 FAST_KNOBS: dict[str, Any] = {"dtype": "int8", "flow_steps": 4, "flow_cfg_rate": 0.0, "prompt_tokens": 25,
                               "context_tokens": 25, "first_chunk_tokens": 8}
+# The fidelity-first knobs written out (the GPU profile's: the whole voice prompt, 50 tokens of
+# context, a 10-token first chunk), so that they hold on a CPU too; flow steps and CFG are the family's.
+FIDELITY_FIRST: dict[str, Any] = {"prompt_tokens": 100_000, "context_tokens": 50, "first_chunk_tokens": 10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +68,15 @@ class Config:
 def configs(families: list[str], dtype: str, smoke: bool) -> list[Config]:
     table = {
         "turbo": [Config("turbo", "default", {}, lengths=True)],
-        "original": [Config("original", "fidelity_first", {"dtype": dtype}, lengths=True),
+        "original": [Config("original", "default", {}),
+                     Config("original", "fidelity_first", FIDELITY_FIRST | {"dtype": dtype}, lengths=True),
                      Config("original", "fast", FAST_KNOBS, lengths=True),
-                     # tts.pipeline is auto (off on a CPU): the pipelined variant, measured beside it, is why.
-                     Config("original", "fast_pipelined", FAST_KNOBS | {"pipeline": True}, fidelity=False)],
+                     # tts.pipeline null is the profile's (on): the inline variant, measured beside it, is why.
+                     Config("original", "fast_inline", FAST_KNOBS | {"pipeline": False}, fidelity=False)],
         "multilingual": [Config("multilingual", "default", {}, language="de")],
     }
     if smoke:  # one configuration per family: the cheapest that runs the family's own vocoder path
-        table["original"] = [table["original"][1]]
+        table["original"] = [table["original"][2]]
     return [c for f in families for c in table.get(f, [])]
 
 
@@ -163,13 +167,17 @@ def _fidelity(engine: Any, text: str, language: str, tokens: int, seed: int) -> 
     """The engine's vocoder configuration: streamed (ours, the seed's method) vs one-shot of the same tokens."""
     from bench import fidelity
 
-    cfg = engine.config
+    cfg, resolved = engine.config, engine.resolved  # resolved: the device profile's where the config left null
     ids = _decode(engine, text, language, tokens, seed)
+    # The engine casts upstream's flow estimator in place to its vocoder dtype (bf16 on a CPU with
+    # native bf16), which vocode_all's and S3Gen.inference's fp32 path cannot run: measure streaming
+    # on the fp32 estimator (this engine serves nothing after this).
+    engine.s3gen.flow.decoder.estimator.float()
     return fidelity.compare(
         engine.s3gen, engine.voice_bank.get(None).prompt, ids, flow=engine.family.flow, seed=seed,
-        flow_steps=engine.flow_steps, flow_cfg_rate=engine.flow_cfg_rate, context_tokens=cfg.context_tokens,
+        flow_steps=resolved.flow_steps, flow_cfg_rate=resolved.flow_cfg_rate, context_tokens=resolved.context_tokens,
         crossfade_ms=cfg.crossfade_ms,
-        schedule=(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens),
+        schedule=(resolved.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens),
         seed_chunk=25, seed_context=50)
 
 
