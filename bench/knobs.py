@@ -45,7 +45,8 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
     from tts.vocoder import window_frames
     from tts.voices import load_conds_file
 
-    defaults = TTSConfig(model=family, checkpoint=str(checkpoint), dtype="int8")
+    # An fp32 flow estimator throughout: the reference (vocode_all) cannot take the engine's bf16 one.
+    defaults = TTSConfig(model=family, checkpoint=str(checkpoint), dtype="int8", vocoder_dtype="float32")
     engine = StreamingTTS.load(defaults)
     flow = engine.family.flow
     voice = engine.voice_bank.get(None)
