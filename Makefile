@@ -4,9 +4,12 @@ PY        := $(VENV)/bin/python
 CHATTERD  := $(VENV)/bin/chatterd
 CONFIG    ?= configs/default.yaml
 CHECKPOINT ?= var/checkpoint
+# One random-weight checkpoint per family, DIR/<family> (what the tests and benches use).
+CHECKPOINTS ?= var/test-checkpoints
+FAMILIES  ?= turbo original multilingual
 PYTEST_ARGS ?=
 
-.PHONY: setup checkpoint run test test-fast lint bench gpu-wheels gpu-check gpu-check-dry
+.PHONY: setup checkpoint checkpoints run test test-fast lint bench gpu-wheels gpu-check gpu-check-dry
 
 setup:                      ## system packages (as root on Debian), .venv, the package and dev tools
 	scripts/setup
@@ -15,6 +18,14 @@ checkpoint: $(CHECKPOINT)/RANDOM_WEIGHTS.txt   ## a full-size random-weight chec
 
 $(CHECKPOINT)/RANDOM_WEIGHTS.txt:
 	$(CHATTERD) make-checkpoint --random $(CHECKPOINT)
+
+checkpoints: $(FAMILIES:%=$(CHECKPOINTS)/%/RANDOM_WEIGHTS.txt)   ## a random-weight checkpoint per family (tests, benches)
+
+$(CHECKPOINTS)/%/RANDOM_WEIGHTS.txt:
+	$(CHATTERD) make-checkpoint --random --model $* $(CHECKPOINTS)/$*
+
+var/baseline-venv/bin/python:   # the seed's method, for `bench stream`
+	bench/setup-baseline var/baseline-venv
 
 run:                        ## run the daemon in the foreground with $(CONFIG)
 	$(CHATTERD) run -c $(CONFIG)
@@ -29,8 +40,9 @@ lint:
 	$(VENV)/bin/ruff check daemon tts tests bench
 	$(VENV)/bin/mypy
 
-bench:                      ## the benchmark suite (see bench/README.md)
-	$(CHATTERD) bench all
+bench: checkpoints var/baseline-venv/bin/python   ## T3 step and streaming per family, one run each (bench/README.md)
+	$(CHATTERD) bench --checkpoints $(CHECKPOINTS) t3
+	$(CHATTERD) bench --checkpoints $(CHECKPOINTS) stream
 
 gpu-wheels:                 ## fetch into .gpu/ what the GPU check installs on the offline GPU machine
 	scripts/gpu-wheels

@@ -1,13 +1,16 @@
 """Streaming fidelity: a streamed waveform against one-shot vocoding of the same tokens.
 
-Two streamers over the same S3Gen modules and the same token sequence:
+Two streamers over the same S3Gen modules (any family's: the original's 10-step flow with CFG,
+Turbo's 2-step meanflow) and the same token sequence:
   ours  tts.vocoder.StreamingVocoder with the engine's chunk schedule (fixed noise, lookahead held
         back, left context, HiFT cache, crossfades)
   seed  the seed's method (chatterbox-streaming's `_process_token_buffer`, re-stated here in ten
-        lines on the same modules): S3Gen's one-shot `inference` on `context + chunk` tokens with
-        fresh noise per call, the context's share of samples cut off, a 20 ms linear fade-in
-Both are compared with one-shot vocoding of all tokens (`vocode_all`, ours' noise) by log-mel
-distance, by the error energy around the seams, and by a reference-free seam jump.
+        lines on the same modules): S3Gen's one-shot `inference` (the family's default flow steps) on
+        `context + chunk` tokens with fresh noise per call, the context's share of samples cut off, a
+        20 ms linear fade-in
+Both are compared with one-shot vocoding of all tokens (`vocode_all`, ours' noise; with the family's
+tail silence, as its streamed last chunk has) by log-mel distance, by the error energy around the
+seams, and by a reference-free seam jump.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tts.engine import ChunkSchedule
+from tts.families import FlowSpec
 from tts.flow_estimator import FlowEstimator
+from tts.schedule import ChunkSchedule
 from tts.vocoder import SAMPLE_RATE, StreamingVocoder, VoicePrompt, vocode_all
 
 F32 = npt.NDArray[np.float32]
@@ -32,11 +36,11 @@ class Streamed:
     seams: list[int]  # sample index where each chunk after the first starts
 
 
-def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, schedule: ChunkSchedule, flow_steps: int,
-                context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float = 0.7,
+def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, schedule: ChunkSchedule,
+                flow_steps: int, context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float,
                 estimator: FlowEstimator | None = None) -> Streamed:
     generator = torch.Generator().manual_seed(seed)
-    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow_steps=flow_steps,
+    vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow=flow, flow_steps=flow_steps,
                                context_tokens=context_tokens, crossfade_ms=crossfade_ms, generator=generator,
                                flow_cfg_rate=flow_cfg_rate, estimator=estimator)
     chunks: list[F32] = []
@@ -52,10 +56,11 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, schedule:
     return _joined(chunks)
 
 
-def one_shot(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow_steps: int, seed: int,
-             flow_cfg_rate: float = 0.7) -> F32:
+def one_shot(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, flow_steps: int, seed: int,
+             flow_cfg_rate: float) -> F32:
     generator = torch.Generator().manual_seed(seed)
-    return vocode_all(s3gen, prompt, tokens, flow_steps=flow_steps, generator=generator, flow_cfg_rate=flow_cfg_rate)
+    return vocode_all(s3gen, prompt, tokens, flow=flow, flow_steps=flow_steps, generator=generator,
+                      flow_cfg_rate=flow_cfg_rate)
 
 
 @torch.inference_mode()
@@ -120,18 +125,23 @@ def ref_dict_of(prompt: VoicePrompt) -> dict[str, Any]:
             "prompt_feat": prompt.mels, "prompt_feat_len": None, "embedding": prompt.xvector}
 
 
-def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, seed: int,
+def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, seed: int,
             flow_steps: int, context_tokens: int, crossfade_ms: float, schedule: tuple[int, int, float, int],
-            seed_chunk: int, seed_context: int, flow_cfg_rate: float = 0.7) -> dict[str, Any]:
-    """Ours and the seed's method against one-shot vocoding of `tokens`; lower is better everywhere."""
-    reference = one_shot(s3gen, prompt, tokens, flow_steps=flow_steps, seed=seed, flow_cfg_rate=flow_cfg_rate)
-    ours = stream_ours(s3gen, prompt, tokens, schedule=ChunkSchedule(*schedule), flow_steps=flow_steps,
+            seed_chunk: int, seed_context: int, flow_cfg_rate: float) -> dict[str, Any]:
+    """Ours and the seed's method against one-shot vocoding of `tokens`; lower is better everywhere.
+
+    `flow`: the family's flow decoder; `flow_steps`, `flow_cfg_rate` as the engine resolved them.
+    """
+    reference = one_shot(s3gen, prompt, tokens, flow=flow, flow_steps=flow_steps, seed=seed,
+                         flow_cfg_rate=flow_cfg_rate)
+    ours = stream_ours(s3gen, prompt, tokens, flow=flow, schedule=ChunkSchedule(*schedule), flow_steps=flow_steps,
                        context_tokens=context_tokens, crossfade_ms=crossfade_ms, seed=seed,
                        flow_cfg_rate=flow_cfg_rate)
     torch.manual_seed(seed)
     seed_method = stream_seed_method(s3gen, ref_dict_of(prompt), tokens, chunk_size=seed_chunk,
                                      context_window=seed_context)
-    result: dict[str, Any] = {"tokens": len(tokens), "flow_steps": flow_steps}
+    result: dict[str, Any] = {"tokens": len(tokens), "flow_steps": flow_steps, "flow_cfg_rate": flow_cfg_rate,
+                              "meanflow": flow.meanflow}
     for name, streamed in (("ours", ours), ("seed_method", seed_method)):
         result[name] = {
             "samples": len(streamed.audio),

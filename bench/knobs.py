@@ -1,7 +1,8 @@
 """`chatterd bench knobs`: each vocoder knob alone, its cost and what it changes in the audio.
 
-The same T3 tokens are vocoded by our streamer with the fidelity-first defaults and with one knob
-changed at a time (then all fast knobs together). Cost: vocoder seconds per second of audio.
+The same T3 tokens are vocoded by one family's streamer (`--family`, default the original, whose
+vocoder these knobs were made for) with its defaults and with one knob changed at a time (then all
+fast knobs together). Cost: vocoder seconds per second of audio.
 Fidelity cost: log-mel distance to one-shot vocoding at the defaults (the best this model does),
 next to the defaults' own streamed distance. The `compile` variant runs the defaults through the
 compiled, bucketed flow estimator (its compile time reported apart). On random weights this
@@ -19,8 +20,9 @@ import torch
 
 from bench import fidelity
 from bench.stats import Summary
-from tts.engine import ChunkSchedule
-from tts.vocoder import SAMPLE_RATE
+from tts.families import S3GEN_VOCAB
+from tts.schedule import ChunkSchedule
+from tts.vocoder import SAMPLE_RATE, VoicePrompt
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -35,40 +37,48 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
+def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
     from tts.config import TTSConfig
     from tts.engine import StreamingTTS
     from tts.flow_estimator import FlowEstimator
+    from tts.profiles import resolve
     from tts.vocoder import window_frames
+    from tts.voices import load_conds_file
 
-    defaults = TTSConfig(checkpoint=str(checkpoint), dtype="int8")
+    # An fp32 flow estimator throughout: the reference (vocode_all) cannot take the engine's bf16 one.
+    defaults = TTSConfig(model=family, checkpoint=str(checkpoint), dtype="int8", vocoder_dtype="float32")
     engine = StreamingTTS.load(defaults)
+    flow = engine.family.flow
     voice = engine.voice_bank.get(None)
-    ids = torch.randint(0, 6561, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-    reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow_steps=defaults.flow_steps, seed=0)
-    results: dict[str, Any] = {"tokens": tokens, "repeats": repeats, "variants": {}}
+    ref_dict = load_conds_file(engine.checkpoint_dir / "conds.pt")["gen"]  # the default voice's S3Gen prompt
+    ids = torch.randint(0, S3GEN_VOCAB, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow=flow, flow_steps=engine.flow_steps, seed=0,
+                                  flow_cfg_rate=engine.flow_cfg_rate)
+    results: dict[str, Any] = {"family": family, "tokens": tokens, "repeats": repeats, "defaults": engine.settings(),
+                               "variants": {}}
     for name, change in VARIANTS.items():
         if only and name not in only:
             continue
         cfg = dataclasses.replace(defaults, **change)
-        prompt = voice.prompt
-        if cfg.prompt_tokens is not None:
-            prompt = dataclasses.replace(prompt, tokens=prompt.tokens[:, -cfg.prompt_tokens:],
-                                         mels=prompt.mels[:, -2 * cfg.prompt_tokens:])
+        knobs = resolve(cfg, engine.family, engine.device)  # null = the family's or the device profile's
+        steps, rate, context = knobs.flow_steps, knobs.flow_cfg_rate, knobs.context_tokens
+        if flow.meanflow and rate > 0:
+            continue  # a meanflow decoder has no flow CFG
+        prompt = VoicePrompt.from_ref_dict(ref_dict, knobs.prompt_tokens, engine.device)
         estimator, compile_s = None, None
         if cfg.compile:
             estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
             t0 = time.perf_counter()
-            estimator.warm_up(window_frames(prompt, cfg.context_tokens, cfg.max_chunk_tokens),
-                              rows=2 if cfg.flow_cfg_rate > 0 else 1, device=engine.device)
+            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens),
+                              rows=2 if rate > 0 else 1, device=engine.device)
             compile_s = time.perf_counter() - t0
         seconds, streamed = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()
             streamed = fidelity.stream_ours(
-                engine.s3gen, prompt, ids, flow_steps=cfg.flow_steps, context_tokens=cfg.context_tokens,
-                crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=cfg.flow_cfg_rate, estimator=estimator,
-                schedule=ChunkSchedule(cfg.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+                engine.s3gen, prompt, ids, flow=flow, flow_steps=steps, context_tokens=context,
+                crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=rate, estimator=estimator,
+                schedule=ChunkSchedule(knobs.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                        cfg.max_chunk_tokens))
             seconds.append(time.perf_counter() - t0)
         assert streamed is not None
@@ -84,8 +94,8 @@ def run(checkpoint: Path, tokens: int, repeats: int, only: list[str] | None = No
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"vocoder knobs, {results['tokens']} tokens, {results['repeats']} repeats: vocoder RTF "
-             "(median [min-max]) and log-mel distance to one-shot at the defaults"]
+    lines = [f"vocoder knobs ({results['family']}), {results['tokens']} tokens, {results['repeats']} repeats: "
+             "vocoder RTF (median [min-max]) and log-mel distance to one-shot at the defaults"]
     for name, v in results["variants"].items():
         rtf = Summary(**v["vocoder_rtf"])
         lines.append(f"  {name:20s} RTF {rtf.fmt('', 1)}  distance {v['log_mel_distance_to_default_one_shot']:.3f}"

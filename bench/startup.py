@@ -20,14 +20,16 @@ from tts.config import TTSConfig
 from tts.engine import StreamingTTS
 engine = StreamingTTS.load(TTSConfig(**json.loads(sys.argv[1])))
 t1 = time.perf_counter()
-engine.warm_up()
+graphs = {}
+engine.warm_up(progress=lambda done, total, what: graphs.__setitem__(what, graphs.get(what, 0) + 1))
 t2 = time.perf_counter()
-print(json.dumps({"load_s": t1 - t0, "warm_up_s": t2 - t1, "buckets": len(engine.decoder.buckets_for(41, 10**6))}))
+print(json.dumps({"load_s": t1 - t0, "warm_up_s": t2 - t1, "buckets": graphs.get("T3 step graph", 0),
+                  "flow_buckets": graphs.get("flow estimator graph", 0)}))
 """
 
 
-def run(checkpoint: Path, dtype: str, max_speech_tokens: int, max_text_tokens: int) -> dict[str, Any]:
-    settings = {"checkpoint": str(checkpoint), "dtype": dtype, "compile": True,
+def run(family: str, checkpoint: Path, dtype: str, max_speech_tokens: int, max_text_tokens: int) -> dict[str, Any]:
+    settings = {"model": family, "checkpoint": str(checkpoint), "dtype": dtype, "compile": True,
                 "max_speech_tokens": max_speech_tokens, "max_text_tokens": max_text_tokens}
     results: dict[str, Any] = {"settings": settings}
     with tempfile.TemporaryDirectory() as cache:
@@ -41,10 +43,11 @@ def run(checkpoint: Path, dtype: str, max_speech_tokens: int, max_text_tokens: i
 
 def report(results: dict[str, Any]) -> str:
     s = results["settings"]
-    lines = [f"startup with compile ({s['dtype']}, KV cache for {s['max_text_tokens']} text + "
-             f"{s['max_speech_tokens']} speech tokens):"]
+    lines = [f"startup with compile ({s.get('model', 'original')}, {s['dtype']}, KV cache for "
+             f"{s['max_text_tokens']} text + {s['max_speech_tokens']} speech tokens):"]
     for label in ("cold", "warm"):
         r = results[label]
         lines.append(f"  {label} cache: load {r['load_s']:.1f} s, warm-up {r['warm_up_s']:.1f} s (T3: "
-                     f"{r['buckets']} step graphs; flow estimator: every window bucket; one request)")
+                     f"{r['buckets']} step graphs; flow estimator: {r.get('flow_buckets', 'every')} window "
+                     "buckets; one request)")
     return "\n".join(lines)

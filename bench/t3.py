@@ -1,11 +1,15 @@
-"""`chatterd bench t3`: one T3 decoding step, upstream's loop vs ours, against the weight-read floor.
+"""`chatterd bench t3`: one T3 decoding step per family, upstream's loop vs ours, against its weight-read floor.
 
-Per dtype, in one process, interleaved so machine noise hits every variant alike:
-  upstream  chatterbox's own `T3.inference` loop (HF Llama, eager attention, host-side sampling)
+Per family (each on its own checkpoint and text) and dtype, in one process, interleaved per repeat so
+machine noise hits every variant alike:
+  upstream  the family's own upstream loop: `T3.inference` (original, multilingual: HF Llama with
+            eager attention, host-side processors, CFG batch 2) or `T3.inference_turbo` (Turbo:
+            HF GPT-2, batch 1), in fp32 (how upstream runs on a CPU), and in the dtype where it runs
   eager     our T3Decoder without compilation
   compiled  our T3Decoder under torch.compile (one bucket graph; optional, minutes on a CPU)
-  floor     one pass reading every weight the step reads (GEMV over all linear weights in that
-            dtype, batch 2 as the CFG rows): the memory-bandwidth floor of a step.
+  floor     one pass reading every weight the step reads (all backbone linears + the speech head,
+            batch = the decoding rows: 2 with CFG, 1 without) in that dtype: the memory-bandwidth
+            floor of a step.
 A step's time is (time for 1+K tokens - time for 1 token) / K, which removes the prefill.
 """
 
@@ -15,72 +19,144 @@ import copy
 import gc
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from bench.stats import Summary, timed
 
-TEXT = "The front door is open, and the kitchen lights are still on."
+TEXTS = {"en": "The front door is open, and the kitchen lights are still on.",
+         "de": "Die Haustür ist offen, und in der Küche brennt noch Licht."}
+# The language each family's text is in (the multilingual family speaks German here).
+LANGUAGES = {"multilingual": "de"}
+# Issue 11's targets for Turbo's step (ratios in one run on one machine).
+TURBO_FLOOR_TARGETS = {"int8": 1.5, "bfloat16": 1.3}
+TURBO_VS_UPSTREAM_TARGET = 3.0
 
 
-def _load_t3(checkpoint: Path) -> Any:
-    from chatterbox.models.t3 import T3
+@dataclass
+class _Case:
+    """One family: its checkpoint, fp32 T3, voice conditionals and text."""
 
-    from tts.engine import _load_state
+    family: Any  # tts.families.Family
+    checkpoint: Path
+    conds: dict[str, Any]
+    language: str
+    text: str
+    raw_ids: list[int]
+    max_tokens: int  # the most tokens any run decodes (sizes the KV cache)
 
-    t3 = T3()
-    _load_state(t3, checkpoint / "t3_cfg.safetensors", strict=True)
-    return t3.eval()
+    def load_t3(self) -> Any:
+        from chatterbox.models.t3 import T3
+
+        from tts.checkpoint import load_weights
+
+        t3 = T3(self.family.hparams())
+        load_weights(t3, self.checkpoint / self.family.t3_weights)
+        return t3.eval()
+
+    def cond_emb(self, t3: Any) -> torch.Tensor:
+        from tts.voices import build_voice
+
+        voice = build_voice("default", copy.deepcopy(self.conds), t3, exaggeration=self.family.sampling.exaggeration,
+                            prompt_tokens=None, device=torch.device("cpu"))
+        return voice.cond_emb
+
+    def decoder(self, t3: Any, dtype: torch.dtype, int8: bool = False, compile: bool = False) -> Any:
+        from tts.t3 import T3Decoder, prefix_length
+
+        max_len = prefix_length(self.family, t3.hp, len(self.raw_ids) + 2) + self.max_tokens + 1
+        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, int8=int8, compile=compile)
+
+    def params(self, **overrides: Any) -> Any:
+        from tts.t3 import SamplingParams
+
+        return SamplingParams.of(self.family.sampling, **overrides)
 
 
-def _text_ids(checkpoint: Path) -> torch.Tensor:
-    from chatterbox.models.tokenizers import EnTokenizer
+def _case(name: str, checkpoint: Path, max_tokens: int) -> _Case:
+    from tts.families import family
+    from tts.voices import load_conds_file
 
-    ids = EnTokenizer(str(checkpoint / "tokenizer.json")).text_to_tokens(TEXT).long()
-    return F.pad(F.pad(ids, (1, 0), value=255), (0, 1), value=0)  # (1, T) with start/stop
+    fam = family(name)
+    language = LANGUAGES.get(name, fam.default_language)
+    text = TEXTS[language]
+    raw = fam.load_tokenizer(checkpoint).encode(text, language)
+    return _Case(fam, checkpoint, load_conds_file(checkpoint / "conds.pt"), language, text, raw, max_tokens)
 
 
-def _upstream_step(t3: Any, conds: dict[str, Any], ids: torch.Tensor, steps: int,
-                   dtype: torch.dtype) -> float:
+Loop = Callable[[int], tuple[float, int]]  # n tokens asked -> (seconds, tokens produced)
+
+
+def upstream_loop(case: _Case, t3: Any, text_ids: torch.Tensor, dtype: torch.dtype) -> Loop:
+    """n -> (seconds, tokens) of the family's upstream loop asked for n tokens, as its generate() calls it."""
     from chatterbox.models.t3.modules.cond_enc import T3Cond
 
-    def run(n: int) -> float:
-        fields = {k: v for k, v in copy.deepcopy(conds["t3"]).items() if k != "cond_prompt_speech_emb"}
+    s = case.family.sampling
+
+    def run(n: int) -> tuple[float, int]:
+        fields = {k: v for k, v in copy.deepcopy(case.conds["t3"]).items() if k != "cond_prompt_speech_emb"}
+        fields["emotion_adv"] = s.exaggeration * torch.ones(1, 1, 1)
         cond = T3Cond(**fields).to(dtype=dtype)
-        return timed(lambda: t3.inference(t3_cond=cond, text_tokens=ids.expand(2, -1), max_new_tokens=n,
-                                          temperature=0.8, cfg_weight=0.5, repetition_penalty=1.2,
-                                          min_p=0.05, top_p=1.0))
+        # Upstream's multilingual loop registers 3 attention hooks per call and never removes them
+        # (each copies attention maps to the host every step): drop the ones a call leaves behind,
+        # so every call costs what a fresh process's first call costs.
+        hooks = {m: set(m._forward_hooks) for m in t3.tfmr.modules()}
+        out: list[torch.Tensor] = []
+        try:
+            if case.family.cfg:
+                seconds = timed(lambda: out.append(t3.inference(
+                    t3_cond=cond, text_tokens=text_ids.expand(2, -1), max_new_tokens=n, temperature=s.temperature,
+                    cfg_weight=s.cfg_weight, repetition_penalty=s.repetition_penalty, min_p=s.min_p, top_p=s.top_p)))
+            else:
+                # inference_turbo samples one token from the prefill, then max_gen_len more.
+                seconds = timed(lambda: out.append(t3.inference_turbo(
+                    t3_cond=cond, text_tokens=text_ids, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                    repetition_penalty=s.repetition_penalty, max_gen_len=n - 1)))
+        finally:
+            for module, before in hooks.items():
+                for key in set(module._forward_hooks) - before:
+                    del module._forward_hooks[key]
+        return seconds, int(out[0].shape[-1])
 
-    return (run(1 + steps) - run(1)) / steps
+    return run
 
 
-def _ours_step(decoder: Any, prefix: torch.Tensor, steps: int) -> float:
-    from tts.t3 import SamplingParams
+def step_time(run: Loop, steps: int) -> float:
+    """(time for 1+K tokens - time for 1) / K, K counted from the tokens each call returned."""
+    t_one, n_one = run(1)
+    t_many, n_many = run(1 + steps)
+    if n_many <= n_one:
+        raise RuntimeError(f"the loop stopped after {n_many} tokens (asked for {1 + steps})")
+    return (t_many - t_one) / (n_many - n_one)
 
-    params = SamplingParams()
 
-    def run(n: int) -> float:
+def ours_loop(decoder: Any, prefix: torch.Tensor, params: Any) -> Loop:
+    def run(n: int) -> tuple[float, int]:
         gen = torch.Generator().manual_seed(0)
-        return timed(lambda: [b for b in decoder.generate(prefix, n, params, generator=gen, check_every=n)])
+        blocks: list[list[int]] = []
+        seconds = timed(lambda: blocks.extend(decoder.generate(prefix, n, params, generator=gen, check_every=n)))
+        return seconds, sum(len(b) for b in blocks)
 
-    return (run(1 + steps) - run(1)) / steps
+    return run
 
 
 def _step_linears(decoder: Any) -> list[Any]:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
 
-    linears = [m for m in decoder.blocks.modules() if isinstance(m, (torch.nn.Linear, DynamicQuantLinear))]
+    linears = [m for m in decoder.backbone.layers.modules()
+               if isinstance(m, (torch.nn.Linear, DynamicQuantLinear))]
     return [*linears, decoder.t3.speech_head]
 
 
 def _floor(decoder: Any, dtype: torch.dtype, int8: bool) -> float:
-    """Read every weight a step reads once: all backbone linears and the speech head, batch 2."""
+    """Read every weight a step reads once: all backbone linears and the speech head, batch = decoding rows."""
     linears = _step_linears(decoder)
     x_dtype = torch.float32 if int8 else dtype
-    inputs = {m.in_features: torch.randn(2, m.in_features, dtype=x_dtype) for m in linears}
+    inputs = {m.in_features: torch.randn(decoder.rows, m.in_features, dtype=x_dtype) for m in linears}
     with torch.inference_mode():
         t0 = time.perf_counter()
         for m in linears:
@@ -88,10 +164,20 @@ def _floor(decoder: Any, dtype: torch.dtype, int8: bool) -> float:
         return time.perf_counter() - t0
 
 
-def _numeric_cost(decoder: Any, prefix: torch.Tensor, reference: dict[str, Any]) -> dict[str, float]:
+def weight_bytes(decoder: Any) -> int:
+    total = 0
+    for m in _step_linears(decoder):
+        if isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+        elif hasattr(m, "_packed_params"):  # dynamic-quantized: int8 weights
+            total += m.in_features * m.out_features
+    return total
+
+
+def _numeric_cost(case: _Case, decoder: Any, prefix: torch.Tensor, reference: dict[str, Any]) -> dict[str, float]:
     """This dtype's logits against fp32's on the same weights, teacher-forced on fp32's greedy tokens."""
     tokens = reference["tokens"]
-    logits = decoder.score(prefix.to(decoder.dtype), tokens, cfg_weight=0.5).float()  # (N, V)
+    logits = decoder.score(prefix.to(decoder.dtype), tokens, cfg_weight=case.family.sampling.cfg_weight).float()
     ref = reference["logits"]
     return {
         "max_abs_logit_error": float((logits - ref).abs().max()),
@@ -101,114 +187,190 @@ def _numeric_cost(decoder: Any, prefix: torch.Tensor, reference: dict[str, Any])
     }
 
 
-def _fp32_reference(checkpoint: Path, conds: dict[str, Any], ids: torch.Tensor, steps: int) -> dict[str, Any]:
-    from tts.t3 import SamplingParams, T3Decoder
-    from tts.voices import build_voice
-
-    t3 = _load_t3(checkpoint)
-    voice = build_voice("default", copy.deepcopy(conds), t3, exaggeration=0.5, prompt_tokens=None,
-                        device=torch.device("cpu"))
-    decoder = T3Decoder(t3, dtype=torch.float32, max_len=256)
-    prefix = decoder.prefix_embeds(voice.cond_emb, ids)
-    greedy = SamplingParams(greedy=True, repetition_penalty=1.0)
+def _fp32_reference(case: _Case, t3: Any, cond_emb: torch.Tensor, steps: int) -> dict[str, Any]:
+    decoder = case.decoder(t3, torch.float32)
+    prefix = decoder.prefix_embeds(cond_emb, decoder.text_ids(case.raw_ids))
+    greedy = case.params(greedy=True, repetition_penalty=1.0)
     tokens = [t for block in decoder.generate(prefix, steps, greedy) for t in block]
-    return {"tokens": tokens, "logits": decoder.score(prefix, tokens, cfg_weight=0.5).float()}
+    logits = decoder.score(prefix, tokens, cfg_weight=case.family.sampling.cfg_weight).float()
+    return {"tokens": tokens, "logits": logits}
 
 
-def weight_bytes(decoder: Any) -> int:
-    total = 0
-    for m in _step_linears(decoder):
-        if isinstance(m, torch.nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
-        elif type(m).__name__ == "Linear" and hasattr(m, "_packed_params"):  # dynamic-quantized: int8 weights
-            total += m.in_features * m.out_features
-    return total
+def _err(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def run(checkpoint: Path, dtypes: list[str], steps: int, repeats: int, compile: bool,
-        upstream: bool = True) -> dict[str, Any]:
-    from tts.t3 import T3Decoder, cast_for_decoding
-    from tts.voices import build_voice, load_conds_file
+def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile: bool, upstream: bool,
+               vs_fp32_steps: int) -> dict[str, Any]:
+    from tts.t3 import cast_for_decoding
 
-    conds = load_conds_file(checkpoint / "conds.pt")
-    ids = _text_ids(checkpoint)
-    reference = _fp32_reference(checkpoint, conds, ids, max(steps, 32))
-    results: dict[str, Any] = {"steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
-                               "cpu_count": os.cpu_count(), "text": TEXT, "dtypes": {}}
+    fam = case.family
+    ref_t3 = case.load_t3()  # fp32, upstream's layers intact: the reference, upstream's fp32 loop, int8's source
+    cond_emb = case.cond_emb(ref_t3)
+    reference = _fp32_reference(case, ref_t3, cond_emb, vs_fp32_steps)
+    entry: dict[str, Any] = {
+        "language": case.language, "text": case.text, "checkpoint": str(case.checkpoint),
+        "upstream_loop": "T3.inference (CFG)" if fam.cfg else "T3.inference_turbo", "dtypes": {},
+    }
+    upstream_fp32: list[float] = []
+    upstream_fp32_error: str | None = None
     for name in dtypes:
         int8 = name == "int8"
         dtype = torch.float32 if int8 else getattr(torch, name)
-        t3 = _load_t3(checkpoint)
-        voice = build_voice("default", copy.deepcopy(conds), t3, exaggeration=0.5, prompt_tokens=None,
-                            device=torch.device("cpu"))
-        if not int8 and dtype != torch.float32:
+        if int8 or dtype == torch.float32:
+            t3 = ref_t3  # the decoder copies (and int8 quantises) its own backbone weights
+        else:
+            t3 = case.load_t3()
             cast_for_decoding(t3, dtype)
-        eager = T3Decoder(t3, dtype=dtype, max_len=256, int8=int8)
-        prefix = eager.prefix_embeds(voice.cond_emb, ids)
-        compiled = None
-        compile_s = None
-        if compile:
-            compiled = T3Decoder(t3, dtype=dtype, max_len=256, int8=int8, compile=True)
+        eager = case.decoder(t3, dtype, int8=int8)
+        text_ids = eager.text_ids(case.raw_ids)
+        prefix = eager.prefix_embeds(cond_emb, text_ids)
+        params = case.params()
+        entry.update(rows=eager.rows, layers=eager.n_layers)
+        compiled, compile_s = None, None
+        if compile and not int8:
+            compiled = case.decoder(t3, dtype, compile=True)
             t0 = time.perf_counter()
-            compiled.warm_up(prefix.shape[1], steps + 1, compiled_params())
-            _ours_step(compiled, prefix, 2)
+            compiled.warm_up(prefix.shape[1], steps + 1, params)
+            step_time(ours_loop(compiled, prefix, params), 2)
             compile_s = time.perf_counter() - t0
         samples: dict[str, list[float]] = {"upstream": [], "eager": [], "compiled": [], "floor": []}
         upstream_error = None
+        # Upstream has no int8 path; fp32 is how it runs on a CPU, and also tried in this dtype.
+        up = upstream_loop(case, t3, text_ids, dtype) if upstream and not int8 else None
+        ours = {"eager": ours_loop(eager, prefix, params)}
+        if compiled is not None:
+            ours["compiled"] = ours_loop(compiled, prefix, params)
+        # One untimed call of each first: the first call of a loop pays one-off set-up.
+        for loop in ours.values():
+            loop(2)
+        if up is not None:
+            try:
+                up(2)
+            except Exception as exc:  # upstream's loop may not support this dtype
+                upstream_error = _err(exc)
+        _floor(eager, dtype, int8)
         for _ in range(repeats):
-            if upstream and upstream_error is None and not int8:
+            if up is not None and upstream_error is None:
                 try:
-                    samples["upstream"].append(_upstream_step(t3, conds, ids, steps, dtype))
-                except Exception as exc:  # upstream's loop may not support this dtype
-                    upstream_error = f"{type(exc).__name__}: {exc}"[:200]
-            samples["eager"].append(_ours_step(eager, prefix, steps))
-            if compiled is not None:
-                samples["compiled"].append(_ours_step(compiled, prefix, steps))
+                    samples["upstream"].append(step_time(up, steps))
+                except Exception as exc:
+                    upstream_error = _err(exc)
+            for variant, loop in ours.items():
+                samples[variant].append(step_time(loop, steps))
             samples["floor"].append(_floor(eager, dtype, int8))
+        if dtype == torch.float32 and not int8:
+            upstream_fp32, upstream_fp32_error = samples["upstream"], upstream_error
         summary = {k: Summary.of(v) for k, v in samples.items() if v}
         floor = summary["floor"].median
-        entry: dict[str, Any] = {k: s.to_json() for k, s in summary.items()}
-        entry["weight_gb"] = weight_bytes(eager) / 1e9
-        entry["floor_gb_per_s"] = entry["weight_gb"] / floor
-        entry["ratios"] = {f"{k}/floor": s.median / floor for k, s in summary.items() if k != "floor"}
+        d: dict[str, Any] = {k: s.to_json() for k, s in summary.items()}
+        d["weight_gb"] = weight_bytes(eager) / 1e9
+        d["floor_gb_per_s"] = d["weight_gb"] / floor
+        d["ratios"] = {f"{k}/floor": s.median / floor for k, s in summary.items() if k != "floor"}
         if "upstream" in summary:
             for k in ("eager", "compiled"):
                 if k in summary:
-                    entry["ratios"][f"upstream/{k}"] = summary["upstream"].median / summary[k].median
+                    d["ratios"][f"upstream/{k}"] = summary["upstream"].median / summary[k].median
         if upstream_error:
-            entry["upstream_error"] = upstream_error
-        entry["vs_fp32"] = _numeric_cost(eager, prefix, reference)
+            d["upstream_error"] = upstream_error
+        d["vs_fp32"] = _numeric_cost(case, eager, prefix, reference)
         if compile_s is not None:
-            entry["compile_s"] = compile_s
-        results["dtypes"][name] = entry
+            d["compile_s"] = compile_s
+        if compile and int8:
+            d["compiled_error"] = "not for int8: fbgemm's dynamic-quantized linears cannot be traced"
+        entry["dtypes"][name] = d
         del t3, eager, compiled
         gc.collect()
+    if upstream and not upstream_fp32 and upstream_fp32_error is None:
+        # fp32 was not among the dtypes: upstream's fp32 loop on its own (not interleaved with ours).
+        up = upstream_loop(case, ref_t3, text_ids, torch.float32)  # text_ids: the same for every dtype
+        try:
+            up(2)
+            upstream_fp32 = [step_time(up, steps) for _ in range(repeats)]
+        except Exception as exc:
+            upstream_fp32_error = _err(exc)
+    if upstream_fp32:
+        up_s = Summary.of(upstream_fp32)
+        entry["upstream_fp32"] = up_s.to_json()
+        for d in entry["dtypes"].values():
+            for k in ("eager", "compiled"):
+                if k in d:
+                    d["ratios"][f"upstream_fp32/{k}"] = up_s.median / d[k]["median"]
+    if upstream_fp32_error:
+        entry["upstream_fp32_error"] = upstream_fp32_error
+    del ref_t3
+    gc.collect()
+    return entry
+
+
+def _best(d: dict[str, Any]) -> tuple[str, float]:
+    """Our fastest variant of one dtype: (name, median seconds)."""
+    return min(((k, float(d[k]["median"])) for k in ("eager", "compiled") if k in d), key=lambda kv: kv[1])
+
+
+def targets(families: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's targets for Turbo's step, where this run measured what they need."""
+    from tts.loading import pick_dtype
+
+    turbo = families.get("turbo")
+    if turbo is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for dtype, limit in TURBO_FLOOR_TARGETS.items():
+        d = turbo["dtypes"].get(dtype)
+        if d is not None:
+            variant, seconds = _best(d)
+            value = seconds / d["floor"]["median"]
+            out.append({"what": f"turbo {dtype} step ({variant}) / its weight-read floor", "value": value,
+                        "limit": f"<= {limit}", "met": value <= limit})
+    served, int8 = pick_dtype("auto", torch.device("cpu"))
+    default = "int8" if int8 else str(served).removeprefix("torch.")
+    d = turbo["dtypes"].get(default)
+    if d is not None and "upstream_fp32" in turbo:
+        variant, seconds = _best(d)
+        value = turbo["upstream_fp32"]["median"] / seconds
+        out.append({"what": f"upstream Turbo's fp32 step / our turbo {default} step ({variant}; the CPU default)",
+                    "value": value, "limit": f">= {TURBO_VS_UPSTREAM_TARGET}",
+                    "met": value >= TURBO_VS_UPSTREAM_TARGET})
+    return out
+
+
+def run(checkpoints: dict[str, Path], dtypes: list[str], steps: int, repeats: int, compile: bool,
+        upstream: bool = True, vs_fp32_steps: int = 32) -> dict[str, Any]:
+    results: dict[str, Any] = {"steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
+                               "cpu_count": os.cpu_count(), "families": {}}
+    for name, checkpoint in checkpoints.items():
+        case = _case(name, checkpoint, max(steps, vs_fp32_steps) + 1)
+        results["families"][name] = run_family(case, dtypes, steps, repeats, compile, upstream,
+                                               vs_fp32_steps)
+    results["targets"] = targets(results["families"])
     return results
-
-
-def compiled_params() -> Any:
-    from tts.t3 import SamplingParams
-
-    return SamplingParams()
 
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"T3 step, {results['steps']} steps x {results['repeats']} repeats, "
              f"{results['threads']} threads (median [min-max] ms per step)"]
-    for name, e in results["dtypes"].items():
-        lines.append(f"  {name}: weights {e['weight_gb']:.2f} GB, "
-                     f"floor read at {e['floor_gb_per_s']:.1f} GB/s")
-        for k in ("upstream", "eager", "compiled", "floor"):
-            if k in e:
-                s = Summary(**e[k])
-                lines.append(f"    {k:9s} {s.fmt()}")
-        if "upstream_error" in e:
-            lines.append(f"    upstream  n/a: {e['upstream_error']}")
-        lines.append("    ratios   " + ", ".join(f"{k} {v:.2f}x" for k, v in e["ratios"].items()))
-        n = e["vs_fp32"]
-        lines.append(f"    vs fp32  max |logit error| {n['max_abs_logit_error']:.4f} (logits up to "
-                     f"{n['logit_scale']:.1f}), greedy agreement {n['greedy_agreement']:.1%} over {n['steps']} "
-                     "teacher-forced steps")
-        if "compile_s" in e:
-            lines.append(f"    compile + warm-up {e['compile_s']:.0f} s")
+    for fam, f in results["families"].items():
+        lines.append(f"{fam} ({f.get('layers', '?')} layers, {f.get('rows', '?')} decoding rows; upstream "
+                     f"{f['upstream_loop']}; {f['language']} text)")
+        if "upstream_fp32" in f:
+            lines.append(f"  upstream fp32 {Summary(**f['upstream_fp32']).fmt()}")
+        if "upstream_fp32_error" in f:
+            lines.append(f"  upstream fp32 n/a: {f['upstream_fp32_error']}")
+        for name, e in f["dtypes"].items():
+            lines.append(f"  {name}: weights {e['weight_gb']:.2f} GB, floor read at {e['floor_gb_per_s']:.1f} GB/s")
+            for k in ("upstream", "eager", "compiled", "floor"):
+                if k in e:
+                    lines.append(f"    {k:9s} {Summary(**e[k]).fmt()}")
+            if "upstream_error" in e:
+                lines.append(f"    upstream  n/a: {e['upstream_error']}")
+            lines.append("    ratios   " + ", ".join(f"{k} {v:.2f}x" for k, v in e["ratios"].items()))
+            n = e["vs_fp32"]
+            lines.append(f"    vs fp32  max |logit error| {n['max_abs_logit_error']:.4f} (logits up to "
+                         f"{n['logit_scale']:.1f}), greedy agreement {n['greedy_agreement']:.1%} over {n['steps']} "
+                         "teacher-forced steps")
+            if "compile_s" in e:
+                lines.append(f"    compile + warm-up {e['compile_s']:.0f} s")
+    for t in results.get("targets", []):
+        lines.append(f"target: {t['what']} = {t['value']:.2f} ({t['limit']}): {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)
