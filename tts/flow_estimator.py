@@ -35,7 +35,7 @@ class FlowEstimator:
     """Call as upstream's estimator: (x, mask, mu, t, spks, cond) -> velocity, all (B, 80, T)."""
 
     def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype | None = None) -> None:
         # `estimator`: upstream's chatterbox ConditionalDecoder (untyped, so Any at this boundary).
         if estimator.static_chunk_size != 0:
             raise ValueError("FlowEstimator supports the full-context S3Gen estimator only")
@@ -43,10 +43,11 @@ class FlowEstimator:
             if down.__class__.__name__ == "Downsample1D":  # a strided level would need per-level masks
                 raise ValueError("FlowEstimator supports the single-level (unstrided) S3Gen estimator only")
         # `dtype`: the weights' and activations' dtype (bf16: real bf16 weights, not autocast; the
-        # module is cast in place). Callers pass and get float32; the solver's arithmetic stays fp32.
-        self.dtype = dtype
-        if dtype != torch.float32:
-            estimator.to(dtype)
+        # module is cast in place); None = the module's own (a second wrapper of a module the
+        # engine already cast runs as it does). Callers pass and get float32; the solver stays fp32.
+        self.dtype: torch.dtype = dtype or next(estimator.parameters()).dtype
+        if self.dtype != next(estimator.parameters()).dtype:
+            estimator.to(self.dtype)
         self.estimator = estimator
         # Turbo's distilled estimator also takes the step's end time r, mixed into the time embedding.
         self.meanflow: bool = bool(getattr(estimator, "meanflow", False))
@@ -54,7 +55,7 @@ class FlowEstimator:
         # Buckets exist for compiled graphs, and for bf16 weights: oneDNN builds its bf16 kernels per
         # shape (a first call at a new length is several times slower), so few lengths, all warmed.
         # Eager fp32 runs skip the padding (up to 31 wasted frames).
-        self.bucketed = (compile or dtype != torch.float32) if bucketed is None else bucketed
+        self.bucketed = (compile or self.dtype != torch.float32) if bucketed is None else bucketed
         self._forward: Callable[..., Tensor] = self._unet
         if compile:
             # One graph for every bucket on CPU (the length is symbolic); on CUDA, reduce-overhead
