@@ -142,8 +142,21 @@ def main(argv: list[str]) -> int:
     wyoming.add_argument("--mqtt-host", help="also measure the same text over MQTT (the daemon's broker)")
     wyoming.add_argument("--mqtt-port", type=int, default=1883)
     wyoming.add_argument("--site", default="default")
+    daemon = sub.add_parser("daemon", help="first audio, RTF and stalls from a running daemon's own events "
+                            "(short sentence and a ~20 s paragraph)")
+    daemon.add_argument("--mqtt-host", default="localhost")
+    daemon.add_argument("--mqtt-port", type=int, default=1883)
+    daemon.add_argument("--site", default="default")
+    daemon.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
+    if args.what == "daemon":
+        from bench import daemon as daemon_bench
+
+        results = daemon_bench.run(args.mqtt_host, args.mqtt_port, args.site, args.repeats)
+        print(daemon_bench.report(results))
+        print(f"results: {_write(args.out, 'daemon', results)}")
+        return 0
     if args.what == "wyoming":
         from bench import wyoming as wyoming_bench
 

@@ -153,6 +153,7 @@ class Finished(_Typed):
     first_audio_ms: float | None
     sentences: int
     cached: bool  # every sentence came from the phrase cache
+    stall_s: float = 0.0  # silence heard after the first frame because audio came late (local speaker)
     ts: float = field(default_factory=time.time)
 
 

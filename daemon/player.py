@@ -42,6 +42,8 @@ from daemon.quiet import native_quiet
 _LOGGER = logging.getLogger(__name__)
 
 SLICE_S = 0.05  # longest piece handed to the sink at once: the bound on how late a stop takes effect
+# Lateness below this is scheduling noise, not a gap anyone hears.
+STALL_TOLERANCE_S = 0.01
 REOPEN_MIN_S = 0.5  # backoff between attempts to reopen a failed audio device...
 REOPEN_MAX_S = 30.0  # ... doubling up to this
 HEALTHY_S = 1.0  # audio a (re)opened stream must play before the device counts as working again
@@ -244,6 +246,9 @@ class PlaybackResult:
     samples: int  # samples handed to the sink
     first_frame_at: float | None  # time.monotonic() when the first one was handed over; None if none was
     stopped: bool  # True if stop() cut it, False if it played to its end()
+    # Silence a listener heard after the first frame because the next chunk came late: the device
+    # plays in real time from the first frame, so a chunk taken after the audio before it ran out.
+    stall_s: float = 0.0
 
 
 class _Marker:
@@ -282,6 +287,7 @@ class Playback:
         self.samples = 0  # written by the player thread only
         self._fed = 0  # samples handed to feed()
         self.first_frame_at: float | None = None
+        self.stall_s = 0.0  # written by the player thread only
 
     def feed(self, pcm: npt.ArrayLike) -> None:
         """Queue a chunk of float mono PCM; it plays right after the previous one."""
@@ -378,6 +384,12 @@ class Player:
                 self._write(playback, item)
 
     def _write(self, playback: Playback, pcm: FloatPCM) -> None:
+        if playback.first_frame_at is not None:
+            # When the audio written so far runs out, played at real time from the first frame.
+            runs_out_at = playback.first_frame_at + playback.stall_s + playback.samples / self.sample_rate
+            late = time.monotonic() - runs_out_at
+            if late > STALL_TOLERANCE_S:
+                playback.stall_s += late
         for start in range(0, len(pcm), self._slice):
             if playback.stop_requested:
                 self._resolve(playback, stopped=True)
@@ -401,7 +413,7 @@ class Player:
         with self._lock:
             self._pending.discard(playback)
         if not playback.result.done():
-            result = PlaybackResult(playback.samples, playback.first_frame_at, stopped)
+            result = PlaybackResult(playback.samples, playback.first_frame_at, stopped, round(playback.stall_s, 3))
             try:
                 playback.result.set_result(result)
             except concurrent.futures.InvalidStateError:

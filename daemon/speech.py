@@ -222,7 +222,7 @@ class SpeechService:
                 _LOGGER.exception("request %s: engine raised %s", utterance.request.id, type(exc).__name__)
             self._end_with_error(utterance, code, message)
         else:
-            self._end_finished(utterance, result.samples, synth_s)
+            self._end_finished(utterance, result.samples, synth_s, result.stall_s)
 
     async def _drain(self, synth: asyncio.Future[float]) -> None:
         """Wait for a cancelled or failed synthesis to return (the next request needs the engine)."""
@@ -264,7 +264,7 @@ class SpeechService:
         if out is not None and out.first_frame_at is not None:
             self._started(utterance, out.first_frame_at)
 
-    def _end_finished(self, utterance: Utterance, samples: int, synth_s: float) -> None:
+    def _end_finished(self, utterance: Utterance, samples: int, synth_s: float, stall_s: float) -> None:
         self._ensure_started(utterance)
         audio_s = samples / self._engine.sample_rate
         rtf = round(synth_s / audio_s, 3) if audio_s > 0 else None
@@ -279,6 +279,7 @@ class SpeechService:
                 first_audio_ms=utterance.first_audio_ms,
                 sentences=utterance.sentences,
                 cached=utterance.sentences > 0 and utterance.cached == utterance.sentences,
+                stall_s=stall_s,
             )
         )
         log_outcome(
@@ -289,6 +290,7 @@ class SpeechService:
             rtf=rtf,
             audio_s=round(audio_s, 3),
             synth_s=round(synth_s, 3),
+            stall_s=stall_s or None,
             chars=len(request.text),
             source=request.source if request.source != "mqtt" else None,
             client=request.client,

@@ -193,3 +193,25 @@ def test_pyaudio_sink_unknown_device_lists_the_real_ones(alsa_capture: AlsaCaptu
     message = str(info.value)
     assert "audio device 'tts_captur' not found" in message
     assert "'tts_capture'" in message and "'default'" in message and "audio.device" in message
+
+
+def test_stall_is_the_silence_after_the_first_frame_when_audio_comes_late() -> None:
+    """0.1 s of audio, then the next chunk 0.4 s later: the listener heard about 0.3 s of silence;
+    chunks that arrive in time add none."""
+    sink = PacedSink(pace=1.0)
+    player = Player(sink)
+    player.start()
+    try:
+        on_time = player.play("on-time")
+        for _ in range(3):
+            on_time.feed(np.zeros(2400, np.float32))  # queued ahead: never late
+        on_time.end()
+        assert on_time.result.result(5).stall_s == 0.0
+        late = player.play("late")
+        late.feed(np.zeros(2400, np.float32))
+        time.sleep(0.4)
+        late.feed(np.zeros(2400, np.float32))
+        late.end()
+        assert late.result.result(5).stall_s == pytest.approx(0.3, abs=0.06)
+    finally:
+        player.close()
