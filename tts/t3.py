@@ -12,6 +12,7 @@ function is what `torch.compile` sees; KV lengths are bucketed so a handful of s
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
@@ -182,7 +183,7 @@ def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
     return copy
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """T3's transformer as the decoder runs it: layers with fused projections over upstream's weights.
 
     Subclasses state what differs between the family's backbones (normalisation, where positions
@@ -205,8 +206,9 @@ class Backbone(nn.Module):
         """Rotary positions on q, k (B, H, S, D), if the backbone has them."""
         return q, k
 
+    @abc.abstractmethod
     def final(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The final normalisation of the hidden states (B, S, dim)."""
 
     @staticmethod
     def of(t3: Any, dtype: torch.dtype, max_len: int) -> Backbone:
