@@ -1,66 +1,124 @@
-"""The streaming vocoder: upstream's solver, exact lengths, and fidelity against one-shot vocoding."""
+"""The streaming vocoder per family: upstream's solver, exact padding, bf16 within its tolerance, and
+fidelity against one-shot vocoding (the original's 10-step flow with CFG, Turbo's 2-step meanflow)."""
 
 from __future__ import annotations
+
+import copy
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from model_fixtures import checkpoint_of
 
 from bench import fidelity
-from tts.engine import ChunkSchedule
+from tts.families import S3GEN_VOCAB, Family, family
 from tts.flow_estimator import FlowEstimator
-from tts.vocoder import MEL_PER_TOKEN, SAMPLES_PER_MEL, StreamingVocoder
+from tts.schedule import ChunkSchedule
+from tts.vocoder import MEL_PER_TOKEN, SAMPLES_PER_MEL, StreamingVocoder, VoicePrompt
+from tts.voices import load_conds_file
 
 pytestmark = pytest.mark.model
 
 
+class Vocoder:
+    """A family's upstream S3Gen in fp32 with its checkpoint's weights and built-in voice prompt."""
+
+    def __init__(self, name: str) -> None:
+        from chatterbox.models.s3gen import S3Gen
+
+        from tts.checkpoint import load_weights
+
+        self.family: Family = family(name)
+        directory = checkpoint_of(name)
+        self.s3gen = S3Gen(meanflow=self.family.flow.meanflow)
+        load_weights(self.s3gen, directory / self.family.flow.weights, strict=False)
+        self.s3gen.eval()
+        gen = load_conds_file(directory / "conds.pt")["gen"]
+        self.prompt = VoicePrompt.from_ref_dict(gen, 25, torch.device("cpu"))
+
+    def streamer(self, **kwargs: Any) -> StreamingVocoder:
+        flow = self.family.flow
+        return StreamingVocoder(self.s3gen, self.prompt, flow=flow, flow_steps=kwargs.pop("flow_steps", flow.steps),
+                                flow_cfg_rate=flow.cfg_rate, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+@pytest.fixture(scope="module", params=["turbo", "original"])
+def vocoder(request: pytest.FixtureRequest) -> Vocoder:
+    return Vocoder(request.param)
+
+
 def _tokens(n: int, seed: int = 0) -> list[int]:
-    return torch.randint(0, 6561, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return torch.randint(0, S3GEN_VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 @torch.inference_mode()
-def test_our_euler_solver_is_upstreams(engine):
-    prompt = engine.voice_bank.get(None).prompt
-    vocoder = StreamingVocoder(engine.s3gen, prompt, max_tokens=10, flow_steps=3, context_tokens=0,
-                               crossfade_ms=0, generator=torch.Generator().manual_seed(0))
+def test_our_euler_solver_is_upstreams(vocoder: Vocoder) -> None:
+    """Upstream's CFM solve_euler (cosine schedule, flow CFG) or, for meanflow, basic_euler (linear
+    schedule, (t, r) times, no CFG), on the same inputs."""
+    ours = vocoder.streamer(max_tokens=10, context_tokens=0, crossfade_ms=0)
     g = torch.Generator().manual_seed(1)
     z, mu, cond = (torch.randn(1, 80, 24, generator=g) for _ in range(3))
     mask = torch.ones(1, 1, 24)
-    ours = vocoder._solve_euler(z, mu, mask, cond)
-    upstream = engine.s3gen.flow.decoder.solve_euler(z, t_span=vocoder.t_span, mu=mu, mask=mask,
-                                                      spks=vocoder.spks, cond=cond)
-    assert torch.allclose(ours, upstream, atol=1e-5)
+    got = ours._solve_euler(z, mu, mask, cond)
+    cfm = vocoder.s3gen.flow.decoder
+    if vocoder.family.flow.meanflow:
+        expected = cfm.basic_euler(z, t_span=ours.t_span, mu=mu, mask=mask, spks=ours.spks, cond=cond)
+    else:
+        expected = cfm.solve_euler(z, t_span=ours.t_span, mu=mu, mask=mask, spks=ours.spks, cond=cond)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 @torch.inference_mode()
-def test_bucket_padding_leaves_the_real_frames_exact(engine):
+def test_bucket_padding_leaves_the_real_frames_exact(vocoder: Vocoder) -> None:
     # 45 frames run padded to 64: causal convs, per-frame norms and masked attention must make the
     # padding invisible to the real frames.
-    upstream = engine.s3gen.flow.decoder.estimator
+    upstream = vocoder.s3gen.flow.decoder.estimator
     g = torch.Generator().manual_seed(2)
     x, mu, cond = (torch.randn(2, 80, 45, generator=g) for _ in range(3))
-    inputs = (x, torch.ones(2, 1, 45), mu, torch.tensor([0.2, 0.2]), torch.randn(2, 80, generator=g), cond)
+    t, r = torch.tensor([0.2, 0.2]), torch.tensor([0.7, 0.7])
+    spks = torch.randn(2, 80, generator=g)
     ours = FlowEstimator(upstream, compile=False, bucketed=True)
-    padded = ours(*inputs)
+    padded = ours(x, torch.ones(2, 1, 45), mu, t, spks, cond, r)
     assert ours.lengths_seen == {64}
-    assert torch.allclose(padded, upstream(*inputs), atol=1e-5)
+    extra = {"r": r} if vocoder.family.flow.meanflow else {}
+    assert torch.allclose(padded, upstream(x, torch.ones(2, 1, 45), mu, t, spks, cond, **extra), atol=1e-5)
 
 
-def test_stream_voices_every_token_and_flushes_the_end(engine):
-    prompt = engine.voice_bank.get(None).prompt
+@torch.inference_mode()
+def test_bf16_estimator_stays_within_its_tolerance_of_fp32(vocoder: Vocoder) -> None:
+    """Real bf16 weights (the CPU profile's vocoder_dtype): the velocity within 5% (relative L2) of fp32's."""
+    upstream = vocoder.s3gen.flow.decoder.estimator
+    g = torch.Generator().manual_seed(3)
+    x, mu, cond = (torch.randn(1, 80, 96, generator=g) for _ in range(3))
+    inputs = (x, torch.ones(1, 1, 96), mu, torch.tensor([0.3]), torch.randn(1, 80, generator=g), cond,
+              torch.tensor([0.8]))
+    reference = FlowEstimator(upstream, compile=False)(*inputs)
+    bf16 = FlowEstimator(copy.deepcopy(upstream), compile=False, dtype=torch.bfloat16)
+    assert bf16.bucketed  # oneDNN's bf16 kernels are built per shape: few, warmed shapes
+    got = bf16(*inputs)
+    assert got.dtype == torch.float32
+    assert ((got - reference).norm() / reference.norm()).item() < 0.05
+
+
+def test_stream_voices_every_token_and_flushes_the_end(vocoder: Vocoder) -> None:
     tokens = _tokens(31)
-    streamed = fidelity.stream_ours(engine.s3gen, prompt, tokens, schedule=ChunkSchedule(5, 8, 2.0, 16),
-                                    flow_steps=2, context_tokens=8, crossfade_ms=20, seed=0)
-    assert len(streamed.audio) == len(tokens) * MEL_PER_TOKEN * SAMPLES_PER_MEL
+    flow = vocoder.family.flow
+    streamed = fidelity.stream_ours(vocoder.s3gen, vocoder.prompt, tokens, flow=flow,
+                                    schedule=ChunkSchedule(5, 8, 2.0, 16), flow_steps=2, context_tokens=8,
+                                    crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate)
+    # Every token is voiced, plus the family's tail silence (Turbo: 3 silence tokens, as upstream).
+    assert len(streamed.audio) == (len(tokens) + flow.tail_silence) * MEL_PER_TOKEN * SAMPLES_PER_MEL
     assert len(streamed.seams) >= 2
-    tail = streamed.audio[-MEL_PER_TOKEN * SAMPLES_PER_MEL:]
-    assert np.abs(tail).max() > 0, "the last token must be voiced, not cut"
+    last_token = streamed.audio[-(1 + flow.tail_silence) * MEL_PER_TOKEN * SAMPLES_PER_MEL:]
+    assert np.abs(last_token).max() > 0, "the last token must be voiced, not cut"
 
 
-def test_streaming_is_closer_to_one_shot_than_the_seed_method(engine):
-    prompt = engine.voice_bank.get(None).prompt
-    result = fidelity.compare(engine.s3gen, prompt, _tokens(40, seed=2), seed=5, flow_steps=2, context_tokens=12,
-                              crossfade_ms=20, schedule=(6, 12, 2.0, 24), seed_chunk=12, seed_context=12)
+def test_streaming_is_closer_to_one_shot_than_the_seed_method(vocoder: Vocoder) -> None:
+    flow = vocoder.family.flow
+    result = fidelity.compare(vocoder.s3gen, vocoder.prompt, _tokens(40, seed=2), flow=flow, seed=5,
+                              flow_steps=2, context_tokens=12, crossfade_ms=20, schedule=(6, 12, 2.0, 24),
+                              seed_chunk=12, seed_context=12, flow_cfg_rate=flow.cfg_rate)
     ours, seed = result["ours"], result["seed_method"]
     assert ours["samples"] == result["reference_samples"]
     assert ours["log_mel_distance"] < seed["log_mel_distance"]

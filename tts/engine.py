@@ -102,9 +102,8 @@ class StreamingTTS:
         self.flow_estimator = FlowEstimator(model.s3gen.flow.decoder.estimator, compile=config.compile,
                                             dtype=self.vocoder_dtype)
         prepare_hift(model.s3gen.mel2wav, self.vocoder_dtype)
-        s = fam.sampling
         self.params = SamplingParams.of(
-            s, temperature=config.temperature, cfg_weight=config.cfg_weight,
+            fam.sampling, temperature=config.temperature, cfg_weight=config.cfg_weight,
             repetition_penalty=config.repetition_penalty, min_p=config.min_p, top_p=config.top_p,
             top_k=config.top_k,
         )
@@ -172,7 +171,8 @@ class StreamingTTS:
             settings.update(dataclasses.asdict(self.resolved))  # what the profile chose
             self._identity = json.dumps({
                 "family": self.family.name, "checkpoint": checkpoint_files(self.checkpoint_dir, self.family),
-                "device": self.device.type, "dtype": self.settings()["t3"], "sampling": dataclasses.asdict(self.params),
+                "device": self.device.type, "dtype": self.settings()["t3"], "vocoder": self.settings()["vocoder"],
+                "sampling": dataclasses.asdict(self.params),
                 "flow": [self.flow_steps, self.flow_cfg_rate], "voices": voices, "settings": settings,
             }, sort_keys=True)
         return self._identity
@@ -193,8 +193,8 @@ class StreamingTTS:
     def warm_up(self, progress: Progress | None = None) -> float:
         """Run every shape the hot path uses before serving; returns the seconds it took.
 
-        `progress(done, total, what)` is called after each compiled graph (with tts.compile) and
-        after the end-to-end request that closes the warm-up.
+        `progress(done, total, what)` is called after each warmed shape (compiled T3 step graphs,
+        flow-estimator window buckets) and after the end-to-end request that closes the warm-up.
         """
         t0 = time.perf_counter()
         cfg = self.config
