@@ -164,26 +164,28 @@ def espeak_voice(engine: Any, tmp_path: Path) -> Iterator[str]:
     import soundfile
     from chatterbox.models.voice_encoder import VoiceEncoder
 
-    from tts.engine import _load_state
+    from tts.checkpoint import load_weights
     from tts.voices import build_voice, conditionals_from_wav
 
     require_tool("espeak-ng")
     raw = tmp_path / "espeak.wav"
     subprocess.run(
-        ["espeak-ng", "-w", str(raw), "The quick brown fox jumps over the lazy dog near the river bank."],
+        # Longer than Turbo's 5 s minimum reference.
+        ["espeak-ng", "-w", str(raw), "The quick brown fox jumps over the lazy dog near the river bank, "
+         "and then it runs back across the wide green meadow to the old wooden farm house."],
         check=True,
     )
     audio, rate = soundfile.read(str(raw), dtype="float32")
     wav = tmp_path / "quiet.wav"
     soundfile.write(str(wav), 0.1 * audio, rate)  # a quiet reference recording
     ve = VoiceEncoder()
-    _load_state(ve, engine.checkpoint_dir / "ve.safetensors", strict=True)
+    load_weights(ve, engine.checkpoint_dir / engine.family.ve_weights)
     conds = conditionals_from_wav(
-        wav, ve=ve.eval(), s3gen=engine.s3gen, t3_prompt_len=engine.t3.hp.speech_cond_prompt_len,
+        wav, family=engine.family, ve=ve.eval(), s3gen=engine.s3gen, t3_prompt_len=engine.t3.hp.speech_cond_prompt_len,
         cache_dir=None, model_id="test",
     )
-    voice = build_voice("espeak", conds, engine.t3, exaggeration=engine.config.exaggeration,
-                        prompt_tokens=engine.config.prompt_tokens, device=engine.device)
+    voice = build_voice("espeak", conds, engine.t3, exaggeration=engine.family.sampling.exaggeration,
+                        prompt_tokens=engine.resolved.prompt_tokens, device=engine.device)
     voices = engine.voice_bank._voices
     voices["espeak"] = voice
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tts.engine import ChunkSchedule
+from tts.schedule import ChunkSchedule
 
 TOKEN_S = 0.04  # 25 speech tokens per second of audio
 
