@@ -97,10 +97,14 @@ async def mqtt_first_audio(host: str, port: int, site: str, text: str, n: int) -
         await client.publish(f"{base}/say", json.dumps({"text": text, "id": request_id}), qos=1)
 
         async def started() -> float:
+            # To its end, not only its start: a Wyoming request sent next would wait behind it.
+            first: float | None = None
             async for message in client.messages:
                 event = json.loads(bytes(message.payload))  # type: ignore[arg-type,unused-ignore]
                 if event.get("id") == request_id and event.get("event") == "started":
-                    return float(event["first_audio_ms"]) / 1000.0
+                    first = float(event["first_audio_ms"]) / 1000.0
+                if event.get("id") == request_id and event.get("event") == "finished" and first is not None:
+                    return first
                 if event.get("id") == request_id and event.get("event") in ("error", "dropped", "stopped"):
                     raise RuntimeError(f"MQTT request ended with {event}")
             raise RuntimeError("no started event")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from daemon.player import to_int16
+from daemon.player import output_stage, to_int16
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -88,8 +88,12 @@ class PhraseCache:
         return pcm
 
     def put(self, key: str, pcm: FloatPCM) -> None:
-        """Store a phrase's audio (what was played), then evict beyond the size bound."""
-        data = to_int16(pcm).astype("<i2").tobytes()
+        """Store a phrase's audio (what was played), then evict beyond the size bound.
+
+        It goes through the output stage first, as on its way out: unclipped samples beyond
+        [-1, 1] (levelling off) would wrap around in 16 bits, and a replay would differ from the
+        first playing."""
+        data = to_int16(output_stage(pcm)).astype("<i2").tobytes()
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             with os.fdopen(fd, "wb") as handle, wave.open(handle, "wb") as wav:

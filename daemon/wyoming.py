@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ipaddress
 import itertools
 import logging
 import time
@@ -541,6 +542,21 @@ class WyomingConnection(AsyncEventHandler):
             await async_write_event(event, self.writer)
 
 
+def announced_host(listen_host: str | None) -> str | None:
+    """The IPv4 address to announce for a server listening on `listen_host`: that address when the
+    server listens on one address only, None (the machine's own outgoing address) for all of them
+    or for a name."""
+    if not listen_host:
+        return None
+    try:
+        address = ipaddress.ip_address(listen_host)
+    except ValueError:
+        return None  # a host name: the library finds the machine's address
+    if address.version != 4 or address.is_unspecified:
+        return None
+    return str(address)
+
+
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     """True when called on `loop`'s own thread."""
     try:
@@ -648,11 +664,17 @@ class WyomingServer:
             return None
         from wyoming.zeroconf import HomeAssistantZeroconf
 
-        port = urlparse(self.config.uri).port
+        uri = urlparse(self.config.uri)
+        port = uri.port
         assert port is not None
         name = self.config.zeroconf_name or f"chatterd-{self.site}"
+        host = announced_host(uri.hostname)
+        if host is not None and ipaddress.ip_address(host).is_loopback:
+            _LOGGER.warning("wyoming: %s listens on the loopback interface only; zeroconf announces %s, which "
+                            "other machines cannot reach (listen on tcp://0.0.0.0:%d to be found)",
+                            self.config.uri, host, port)
         try:
-            announcer = HomeAssistantZeroconf(port=port, name=name)
+            announcer = HomeAssistantZeroconf(port=port, name=name, host=host)
             await announcer.register_server()
         except OSError as exc:  # no multicast route (containers, no network): serve anyway
             _LOGGER.warning("wyoming: zeroconf announcement failed (%s); add the server by host and port", exc)

@@ -54,9 +54,9 @@ class Daemon:
         return len(read_raw_int16(self.raw_path)) / CAPTURE_RATE
 
 
-def start_daemon(tts: dict[str, Any], root: Path) -> Daemon:
+def start_daemon(tts: dict[str, Any], root: Path, extra: dict[str, dict[str, Any]] | None = None) -> Daemon:
     """`chatterd run` with `tts` settings against a fresh broker, PortAudio writing to a file; waits
-    for ready (the end of warm-up)."""
+    for ready (the end of warm-up). `extra`: more config sections, merged key by key."""
     broker = Broker(root)
     broker.start()
     config_home = root / "xdg"
@@ -69,6 +69,8 @@ def start_daemon(tts: dict[str, Any], root: Path) -> Daemon:
         "audio": {"output": "pyaudio"},
         "log": {"level": "INFO"},
     }
+    for section, values in (extra or {}).items():
+        config[section] = {**config.get(section, {}), **values}
     config_path = root / "chatterd.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = root / "daemon.log"

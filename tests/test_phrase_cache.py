@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.phrase_cache import PhraseCache
-from daemon.player import to_int16
+from daemon.player import output_stage, to_int16
 
 RATE = 24000
 
@@ -28,6 +28,19 @@ def test_round_trip_plays_the_same_samples(tmp_path: Path) -> None:
     again = PhraseCache(tmp_path, 10_000_000, RATE, "id")  # survives a restart
     got = again.get(key)
     assert got is not None and np.array_equal(to_int16(got), to_int16(audio))
+
+
+def test_samples_beyond_full_scale_replay_as_they_played(tmp_path: Path) -> None:
+    """The engine's audio is unclipped (the output stage clips); with levelling off nothing else
+    bounds it, and a cached replay must still equal what was played, not wrap around."""
+    cache = PhraseCache(tmp_path, 10_000_000, RATE, "id")
+    key = cache.key("Loud.", "default")
+    audio = tone(0.2, amplitude=1.6)
+    audio[5] = np.nan
+    cache.put(key, audio)
+    got = cache.get(key)
+    assert got is not None
+    np.testing.assert_array_equal(to_int16(output_stage(got)), to_int16(output_stage(audio)))
 
 
 def test_least_recently_used_phrases_are_evicted(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from daemon.config import Config, config_from_dict
 from daemon.player import Sink, WavSink
-from daemon.wyoming import SentenceBuffer
+from daemon.wyoming import SentenceBuffer, announced_host
 
 TIMEOUT = 10.0
 
@@ -44,7 +44,9 @@ def wyoming_config(broker: Broker, tmp_path: Path, **wyoming: Any) -> tuple[Conf
                                      **wyoming}},
     }
     assert base.mqtt.site == "res"
-    return config_from_dict(raw), port
+    config = config_from_dict(raw)
+    port = int(config.integrations.wyoming.uri.rpartition(":")[2])  # the caller's own uri, if any
+    return config, port
 
 
 @contextlib.asynccontextmanager
@@ -345,6 +347,43 @@ async def test_bench_measures_first_audio_and_rtf(mosquitto: Broker, tmp_path: P
     assert 0 < one["first_audio_s"] < one["total_s"] and one["rtf"] > 0
     assert 0 < stream["first_audio_s"] and stream["first_audio_before_rest_sent"]
     assert mqtt > 0
+
+
+def test_the_announced_address_is_one_the_server_listens_on() -> None:
+    assert announced_host("0.0.0.0") is None and announced_host("") is None and announced_host(None) is None
+    assert announced_host("::") is None and announced_host("fd00::2") is None  # the library announces IPv4
+    assert announced_host("192.0.2.7") == "192.0.2.7" and announced_host("127.0.0.1") == "127.0.0.1"
+    assert announced_host("speaker.local") is None
+
+
+@pytest.mark.parametrize(("listen", "announced"), [("0.0.0.0", None), ("127.0.0.1", "127.0.0.1")])
+async def test_zeroconf_announces_the_listening_address(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    listen: str, announced: str | None,
+) -> None:
+    import wyoming.zeroconf
+
+    seen: list[tuple[int, str | None, str | None]] = []
+
+    class Announcer:
+        def __init__(self, port: int, name: str | None = None, host: str | None = None) -> None:
+            seen.append((port, name, host))
+            self.host = host or "192.0.2.2"
+            self._aiozc = self
+
+        async def register_server(self) -> None:
+            pass
+
+        async def async_close(self) -> None:
+            pass
+
+    monkeypatch.setattr(wyoming.zeroconf, "HomeAssistantZeroconf", Announcer)
+    port = free_port()
+    async with daemon(mosquitto, tmp_path, FakeEngine(), uri=f"tcp://{listen}:{port}", zeroconf=True,
+                      zeroconf_name="kitchen"):
+        pass
+    assert seen == [(port, "kitchen", announced)]
+    assert ("loopback interface only" in caplog.text) == (listen == "127.0.0.1")
 
 
 def test_audio_stop_type_is_the_one_the_client_waits_for() -> None:
