@@ -27,6 +27,7 @@ import yaml
 from conftest import ASOUNDRC, CAPTURE_RATE, Broker, read_raw_int16
 from model_fixtures import fast_tts_settings
 
+from tts.families import TURBO
 from tts.text import normalize
 
 pytestmark = [pytest.mark.model, pytest.mark.e2e]
@@ -160,7 +161,10 @@ def _by_id(events: list[dict[str, Any]], request_id: str) -> list[str]:
 
 
 def _expected_audio_s(text: str) -> float:
-    return math.ceil(len(normalize(text)) * TOKENS_PER_CHAR) * SECONDS_PER_TOKEN
+    """The length guard's tokens for the default model's cleaned text, plus the silence tokens Turbo
+    appends after the last one (as upstream Turbo does)."""
+    clean = normalize(text, "en", punctuation=TURBO.punctuation)
+    return (math.ceil(len(clean) * TOKENS_PER_CHAR) + TURBO.flow.tail_silence) * SECONDS_PER_TOKEN
 
 
 async def test_status_is_online_and_retained(daemon: Daemon) -> None:
