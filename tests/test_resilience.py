@@ -165,42 +165,58 @@ class VanishingDevice:
         return read_raw_int16(self.path)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test sets `now` (read from the player thread)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_audio_device_vanishing_mid_stream_is_reported_and_reopened_with_backoff(
     tmp_path: Path, mosquitto: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(player, "REOPEN_MIN_S", 1.0)
     config_home = tmp_path / "xdg"
     (config_home / "alsa").mkdir(parents=True)
     device = VanishingDevice(tmp_path, keep_bytes=CAPTURE_RATE * 2 // 4)  # 0.25 s, then it is gone
     (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC.format(rate=CAPTURE_RATE, path=device.path))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     engine = FakeEngine()
-    sink = await asyncio.to_thread(PyAudioSink, engine.sample_rate)
+    clock = FakeClock()  # the backoff's time: it moves only below, so every delay is exact
+    sink = await asyncio.to_thread(PyAudioSink, engine.sample_rate, clock=clock)
 
     async def say(request_id: str, text: str) -> dict[str, Any]:
         await publish(mosquitto, [("say", json.dumps({"text": text, "id": request_id}))])
         return await collector.end_of(request_id)
 
-    backing_off = "next attempt to reopen it is in"
+    def backing_off(seconds: float) -> str:
+        return f"the next attempt to reopen it is in {seconds:.1f} s"
+
+    first, second = player.REOPEN_MIN_S, 2 * player.REOPEN_MIN_S
     async with collecting(mosquitto) as collector, running(make_config(mosquitto, tmp_path), engine, sink):
         await collector.until(lambda: bool(online_at(collector)))
+        failed_at = clock.now
         error = await say("cut-off", "w " * 40)
         assert (error["event"], error["code"]) == ("error", "audio_failed")
         assert device.gone.is_set() and "writing to audio device" in error["message"]
-        # Within the backoff (1 s) a request fails at once, without touching the device.
+        # Within the backoff a request fails at once, without touching the device.
         error = await say("gone-1", "nobody hears this")
-        assert error["code"] == "audio_failed" and backing_off in error["message"], error
-        await asyncio.sleep(1.1)
-        # The backoff has passed: a real attempt, which fails too (the device is still gone) ...
+        assert error["code"] == "audio_failed" and backing_off(first) in error["message"], error
+        # The backoff has passed, to the tick: a real attempt, which fails too (the device is still gone) ...
+        clock.now = failed_at + first
         error = await say("gone-2", "nor this")
-        assert error["code"] == "audio_failed" and backing_off not in error["message"], error
+        assert error["code"] == "audio_failed" and "next attempt" not in error["message"], error
         device.come_back()
-        # ... and doubles the backoff: 2 s now, so the device is not tried yet.
+        # ... and doubles the backoff: the device is not tried until `second` after that attempt.
         error = await say("gone-3", "too soon")
-        assert error["code"] == "audio_failed" and backing_off in error["message"], error
-        await asyncio.sleep(2.1)
+        assert error["code"] == "audio_failed" and backing_off(second) in error["message"], error
+        clock.now = failed_at + first + second - 0.01
+        error = await say("gone-4", "still too soon")
+        assert error["code"] == "audio_failed" and backing_off(0.01) in error["message"], error
+        clock.now = failed_at + first + second
         assert (await say("back", "back again now"))["event"] == "finished"
-        await asyncio.sleep(0.2)
     # The reopened device got exactly the last request's audio (the ALSA plugin truncates on open).
     samples = device.samples()
     assert len(samples) >= engine.expected_samples("back again now")
