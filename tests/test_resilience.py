@@ -326,6 +326,10 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
         await collector.until(lambda: any(e["event"] == "started" for e in collector.events()))
         stop_sent = time.monotonic()
         await publish(mosquitto, [("stop", b"")])
+        # The daemon handled the stop before this: every queued request has its end already, and only
+        # the one being spoken may still be cutting its audio.
+        await collector.barrier()
+        after_stop = len(collector.events())
         seen: set[str] = set()
 
         def all_ended() -> bool:
@@ -334,6 +338,8 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
 
         await collector.until(all_ended, timeout=30)
         stop_took = time.monotonic() - stop_sent
+        late = collector.events()[after_stop:]
+        assert len({e["id"] for e in late}) <= 1 and sum(e["event"] in END_EVENTS for e in late) <= 1, late
         rss_growth = _rss_mb() - rss_before
         await publish(mosquitto, [("say", json.dumps({"text": "still here", "id": "after-burst"}))])
         assert (await collector.end_of("after-burst"))["event"] == "finished"
@@ -348,7 +354,7 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
     # 40 per client at once, then 5/s: most of the burst is refused; of the rest, the queue holds 32.
     assert 200 <= outcomes[("error", "rate_limited")] <= 300, outcomes
     assert outcomes[("dropped", "queue_full")] > 0 and outcomes[("stopped", "stop")] > 0, outcomes
-    assert stop_took < 3.0, stop_took  # every queued request ended within seconds of the stop
+    print(f"\nburst of {len(ids)}: every request ended {stop_took:.2f} s after the stop was sent")
     assert rss_growth < 100, rss_growth
 
 
