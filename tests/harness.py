@@ -17,7 +17,7 @@ message it waits for, never on a sleep.
   Barrier events are left out of `events()`, `ends()` and `names()`.
 * `collecting(broker)` -> `Listener`: everything under `<base>/#` for site `res`, through its own
   persistent session, across outages.
-* `running(config, engine, sink)`: `app.run` as a task, cancelled (clean shutdown) on exit.
+* `running(config, engine, sink, **run_args)`: `app.run` as a task, cancelled (clean shutdown) on exit.
 * `make_config`, `publish`, `online_at`: the config for site `res`, a QoS 1 publisher, and the
   `online` status messages seen (with their retain flag: a live one marks a (re)connect).
 """
@@ -241,8 +241,10 @@ def collecting(broker: Broker, client_id: str = "test-collector") -> contextlib.
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, engine: SpeechEngine, sink: Sink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(app.run(config, engine, sink))
+async def running(
+    config: Config, engine: SpeechEngine, sink: Sink, **run_args: Any
+) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(app.run(config, engine, sink, **run_args))
     try:
         yield task
     finally:

@@ -48,10 +48,14 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
     broker.start()
     engine = FakeEngine(delay_s=0.005)
     sink = PacedSink(engine.sample_rate, pace=1.0)  # real time: the speech outlasts the outage
-    # Reconnect waits are 1.5..3 s: the broker is back well before the daemon returns.
-    config = make_config(broker, tmp_path, {"reconnect_min_s": 3.0, "reconnect_max_s": 3.0})
+    config = make_config(broker, tmp_path)
+    come_back = asyncio.Event()
+
+    async def held_back(seconds: float) -> None:  # the daemon reconnects once the test lets it
+        await come_back.wait()
+
     try:
-        async with collecting(broker) as collector, running(config, engine, sink):
+        async with collecting(broker) as collector, running(config, engine, sink, reconnect_sleep=held_back):
             await collector.until(lambda: bool(online_at(collector)))
             long_text = " ".join(["word"] * 40)  # 2 s of audio
             await publish(broker, [("say", json.dumps({"text": long_text, "id": "long"}))])
@@ -63,6 +67,7 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
             after = [f"after {i} restart" for i in range(5)]
             await publish(broker, [("say", json.dumps({"text": t, "id": f"after-{i}"})) for i, t in enumerate(after)])
             published_at = time.monotonic()
+            come_back.set()
             for request_id in ["long"] + [f"after-{i}" for i in range(5)]:
                 assert (await collector.end_of(request_id))["event"] == "finished"
             # The daemon came back after those were published: the broker queued them in its session.
