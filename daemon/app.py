@@ -6,7 +6,8 @@ service emits is fanned out to MQTT `<base>/event`, Hermes and Wyoming (`emit`).
 
 `serve(config)` is `chatterd run`: open the audio output (fail fast), load and warm up the engine,
 then `run` until SIGTERM/SIGINT. `run(config, engine)` is the asyncio part, usable in-process
-(tests pass a fake engine and a `wav:` output).
+(tests pass a fake engine and a `wav:` output, and may hold back MQTT reconnects with their own
+`reconnect_sleep`).
 
 systemd (Type=notify): `STATUS=` follows the phases (loading, warming up, connecting, ready,
 reconnecting); each slow start phase first sends `EXTEND_TIMEOUT_USEC` with its own budget, so
@@ -26,7 +27,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from daemon import systemd
@@ -81,13 +82,20 @@ def _phrase_cache(config: Config, engine: SpeechEngine) -> PhraseCache | None:
     return PhraseCache(directory, int(config.speech.cache.max_mb * 1e6), engine.sample_rate, engine.identity())
 
 
-async def run(config: Config, engine: SpeechEngine, sink: Sink | None = None) -> None:
-    """Serve requests with `engine` until cancelled; `sink` defaults to `audio.output`."""
+async def run(
+    config: Config,
+    engine: SpeechEngine,
+    sink: Sink | None = None,
+    *,
+    reconnect_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Serve requests with `engine` until cancelled; `sink` defaults to `audio.output`;
+    `reconnect_sleep` waits out each MQTT reconnect backoff."""
     if sink is None:
         sink = open_sink(config.audio, engine.sample_rate)
     player = Player(sink, volume=config.audio.volume)
     player.start()
-    link = MqttLink(config.mqtt)
+    link = MqttLink(config.mqtt, sleep=reconnect_sleep)
     listeners: list[Callable[[OutEvent], None]] = [link.publish_event]
 
     def emit(event: OutEvent) -> None:

@@ -15,7 +15,9 @@ connection drops or `stop()` is called. Every failed attempt or lost connection 
 `on_offline` callbacks with a one-line reason.
 
 Reconnects back off exponentially from `reconnect_min_s` to `reconnect_max_s`, each wait drawn
-uniformly from its upper half (jitter). With `persistent_session` the client id is stable and
+uniformly from its upper half (jitter); a connection that was made resets the backoff. The waits
+go through `sleep` and the draw through `jitter` (asyncio.sleep and random.uniform unless a test
+passes its own); `stop()` cuts a wait short. With `persistent_session` the client id is stable and
 clean_session is off, so the broker queues QoS >= 1 messages for us while we are away and
 delivers them right after the reconnect.
 
@@ -33,7 +35,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiomqtt
@@ -98,8 +100,17 @@ class _Outgoing:
 class MqttLink:
     """The daemon's connection to the broker; see the module docstring for the lifecycle."""
 
-    def __init__(self, config: MqttConfig, outbox_limit: int = OUTBOX_LIMIT) -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox_limit: int = OUTBOX_LIMIT,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
         self.config = config
+        self._sleep = sleep
+        self._jitter = jitter
         self.topics = Topics(config.base_topic)
         self.connected = False
         self._outbox: deque[_Outgoing] = deque()
@@ -203,17 +214,25 @@ class MqttLink:
                         _LOGGER.warning("could not publish the last messages and 'offline': %s", exc)
                     return
                 # Jitter, so that a fleet of daemons does not reconnect in step after a broker restart.
-                wait = random.uniform(delay / 2, delay)
+                wait = self._jitter(delay / 2, delay)
                 reason = f"MQTT broker {self.config.host}:{self.config.port}: {describe_error(exc)}"
                 _LOGGER.warning("%s; retrying in %.1f s", reason, wait)
                 _call_each(self.on_offline, f"{reason}; retrying in {wait:.0f} s")
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
+                await self._pause(wait)
                 delay = min(delay * 2, self.config.reconnect_max_s)
             finally:
                 self.connected = False
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds` through `sleep`, or until `stop()`, whichever comes first."""
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeping, stopping):
+                waiter.cancel()
+            await asyncio.gather(sleeping, stopping, return_exceptions=True)
 
     def _client(self) -> aiomqtt.Client:
         # A fresh client per attempt: no client-side state survives a failed connect. The session

@@ -13,7 +13,8 @@ Sinks:
   stream. Attempts are spaced by an exponential backoff (`REOPEN_MIN_S` after a failure,
   doubling up to `REOPEN_MAX_S` while reopening, or writing soon after, keeps failing); writes
   in between fail at once, so queued requests are reported, not stuck. Once a stream has
-  played `HEALTHY_S` of audio the device counts as back and the backoff is reset.
+  played `HEALTHY_S` of audio the device counts as back and the backoff is reset. The backoff
+  reads `clock` (time.monotonic unless a test passes its own).
 * `WavSink`: for `audio.output: wav:PATH`; a new 16-bit mono WAV per daemon run, holding every
   request's audio back to back. It is not paced: writes return at once, so a request "plays" as
   fast as it is synthesised and `stop` only cuts what has not been synthesised yet.
@@ -89,7 +90,14 @@ def to_int16(pcm: FloatPCM) -> npt.NDArray[np.int16]:
 class PyAudioSink:
     """A PortAudio output stream: 16-bit mono at `sample_rate` on the named (or default) device."""
 
-    def __init__(self, sample_rate: int, device: str | None = None, frames_per_buffer: int = 1024) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        device: str | None = None,
+        frames_per_buffer: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         with native_quiet():  # PortAudio's probing makes ALSA and JACK print to fd 2
             self._setup(sample_rate, device, frames_per_buffer)
 
@@ -100,7 +108,7 @@ class PyAudioSink:
         self._pyaudio = pyaudio
         self._frames_per_buffer = frames_per_buffer
         self._wanted = device
-        self._retry_at = 0.0  # time.monotonic() before which no reopen is attempted
+        self._retry_at = float("-inf")  # clock() before which no reopen is attempted
         self._backoff = REOPEN_MIN_S
         self._written = 0  # samples the current stream has taken
         # PortAudio reads the ALSA configuration here, once per PyAudio instance.
@@ -172,12 +180,12 @@ class PyAudioSink:
             self._backoff = REOPEN_MIN_S  # the device works
 
     def _back_off(self) -> None:
-        self._retry_at = time.monotonic() + self._backoff
+        self._retry_at = self._clock() + self._backoff
         self._backoff = min(self._backoff * 2, REOPEN_MAX_S)
 
     def _reopen(self) -> None:
         """Rescan the devices (a replugged one may have a new index) and reopen, honouring the backoff."""
-        now = time.monotonic()
+        now = self._clock()
         if now < self._retry_at:
             raise AudioDeviceError(
                 f"audio device {self.device_name!r} is unavailable; "

@@ -1,13 +1,23 @@
 """An in-process daemon against a real broker, and MQTT clients that watch it.
 
-* `listening(broker, topic_filter, base=..., timeout=..., client_id=...)` -> `Listener`: a client
-  subscribed to `topic_filter` that records every message as a `Received` (topic, payload, retain,
-  arrival time). With a `client_id` it keeps a persistent session and reconnects through broker
-  outages. Helpers: `wait_for`, `until`, `event`, `end_of`, `events`, `ends`, `names`, `states`,
-  `on`, `publish`, `say`; `base` is the site's topic prefix, `timeout` the default wait.
+This is the one place tests wait on MQTT: every wait is bounded (`timeout`) and wakes on the
+message it waits for, never on a sleep.
+
+* `listening(broker, topic_filter, base=..., timeout=..., client_id=..., **client)` -> `Listener`:
+  a client subscribed to `topic_filter` that records every message as a `Received` (topic,
+  payload, retain, arrival time). With a `client_id` it keeps a persistent session and reconnects
+  through broker outages; `client` goes to `aiomqtt.Client` (username, password). Helpers:
+  `wait_for`, `until`, `event`, `end_of`, `events`, `ends`, `names`, `states`, `on`, `publish`,
+  `say`; `base` is the site's topic prefix, `timeout` the default wait.
+* "Nothing else arrives" is checked behind a barrier, not after a sleep: `barrier()` sends the
+  daemon a say it rejects at once and waits for that error event. The daemon handles messages in
+  order and publishes through one FIFO outbox, so whatever it publishes in answer to the messages
+  sent before the barrier has arrived by then. `broker_barrier()` is the same without a daemon
+  (a message of the listener's own, e.g. behind the retained messages a subscription receives).
+  Barrier events are left out of `events()`, `ends()` and `names()`.
 * `collecting(broker)` -> `Listener`: everything under `<base>/#` for site `res`, through its own
   persistent session, across outages.
-* `running(config, engine, sink)`: `app.run` as a task, cancelled (clean shutdown) on exit.
+* `running(config, engine, sink, **run_args)`: `app.run` as a task, cancelled (clean shutdown) on exit.
 * `make_config`, `publish`, `online_at`: the config for site `res`, a QoS 1 publisher, and the
   `online` status messages seen (with their retain flag: a live one marks a (re)connect).
 """
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +48,7 @@ TIMEOUT = 20.0
 END_EVENTS = ("finished", "stopped", "dropped", "error")
 # Topics `Listener.publish` sends as given rather than under `<base>/`.
 FOREIGN_PREFIXES = ("hermes/", "homeassistant/")
+BARRIER_PREFIX = "test-barrier-"  # request ids (and a topic) of `Listener.barrier`/`broker_barrier`
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,14 @@ class Listener:
     under; `timeout` is the default for every wait.
     """
 
-    def __init__(self, base: str = BASE, timeout: float = TIMEOUT) -> None:
+    def __init__(self, base: str = BASE, timeout: float = TIMEOUT, topic_filter: str = "#") -> None:
         self.base = base
         self.timeout = timeout
+        self.topic_filter = topic_filter
         self._client: aiomqtt.Client | None = None
         self.received: list[Received] = []
         self._changed = asyncio.Event()
+        self._barriers = itertools.count()
 
     @property
     def client(self) -> aiomqtt.Client:
@@ -103,6 +117,20 @@ class Listener:
     def _is_event(self, r: Received) -> bool:
         return r.topic == f"{self.base}/event"
 
+    async def barrier(self, timeout: float | None = None) -> None:
+        """Return once the daemon has answered everything published before (see the module docstring)."""
+        request_id = f"{BARRIER_PREFIX}{next(self._barriers)}"
+        await self.publish("say", json.dumps({"text": "", "id": request_id}))
+        await self.end_of(request_id, timeout)
+
+    async def broker_barrier(self, timeout: float | None = None) -> None:
+        """Return once the broker has delivered everything it had for this client before now."""
+        assert self.topic_filter.endswith("#"), f"{self.topic_filter!r} does not cover a barrier topic"
+        topic = f"{self.topic_filter[:-1]}{BARRIER_PREFIX.rstrip('-')}"
+        token = str(next(self._barriers)).encode()
+        await self.client.publish(topic, token, qos=1)
+        await self.wait_for(lambda r: r.topic == topic and r.payload == token, timeout)
+
     async def event(self, name: str, request_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         """The first `name` event (of `request_id`, or of any request when None)."""
         item = await self.wait_for(
@@ -124,7 +152,9 @@ class Listener:
         return item.json()
 
     def events(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """The events received (of `request_id`, or all), barriers left out."""
         found = [r.json() for r in self.received if self._is_event(r)]
+        found = [e for e in found if not str(e["id"] or "").startswith(BARRIER_PREFIX)]
         return [e for e in found if request_id is None or e["id"] == request_id]
 
     def ends(self, request_id: str) -> list[dict[str, Any]]:
@@ -149,12 +179,14 @@ class Listener:
     async def say(self, text: str, request_id: str, **fields: Any) -> None:
         await self.publish("say", json.dumps({"text": text, "id": request_id, **fields}))
 
-    async def follow(self, broker: Broker, topic_filter: str, client_id: str, connected: asyncio.Event) -> None:
+    async def follow(
+        self, broker: Broker, topic_filter: str, client_id: str, connected: asyncio.Event, **client_args: Any
+    ) -> None:
         """Record through a persistent session, reconnecting whenever the connection is lost."""
         while True:
             try:
                 async with aiomqtt.Client(
-                    broker.host, broker.port, identifier=client_id, clean_session=False
+                    broker.host, broker.port, identifier=client_id, clean_session=False, **client_args
                 ) as client:
                     await client.subscribe(topic_filter, qos=1)
                     self._client = client
@@ -173,16 +205,17 @@ async def listening(
     base: str = BASE,
     timeout: float = TIMEOUT,
     client_id: str | None = None,
+    **client_args: Any,
 ) -> AsyncIterator[Listener]:
     """A `Listener` subscribed (QoS 1) to `topic_filter` for the body of the `async with`.
 
     Without `client_id`: one clean-session connection, made and subscribed before the body runs.
     With `client_id`: a persistent session that reconnects through broker outages; the body runs
-    once the first connection is subscribed (within `timeout`).
+    once the first connection is subscribed (within `timeout`). `client_args` go to aiomqtt.Client.
     """
-    listener = Listener(base, timeout)
+    listener = Listener(base, timeout, topic_filter)
     if client_id is None:
-        async with aiomqtt.Client(broker.host, broker.port) as client:
+        async with aiomqtt.Client(broker.host, broker.port, **client_args) as client:
             await client.subscribe(topic_filter, qos=1)
             listener._client = client
             reader = asyncio.create_task(listener.read(client))
@@ -193,7 +226,7 @@ async def listening(
                 await asyncio.gather(reader, return_exceptions=True)
         return
     connected = asyncio.Event()
-    task = asyncio.create_task(listener.follow(broker, topic_filter, client_id, connected))
+    task = asyncio.create_task(listener.follow(broker, topic_filter, client_id, connected, **client_args))
     try:
         await asyncio.wait_for(connected.wait(), timeout)
         yield listener
@@ -208,8 +241,10 @@ def collecting(broker: Broker, client_id: str = "test-collector") -> contextlib.
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, engine: SpeechEngine, sink: Sink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(app.run(config, engine, sink))
+async def running(
+    config: Config, engine: SpeechEngine, sink: Sink, **run_args: Any
+) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(app.run(config, engine, sink, **run_args))
     try:
         yield task
     finally:

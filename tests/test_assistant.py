@@ -232,7 +232,7 @@ async def test_speaking_is_on_and_off_once_per_queue_run(start: Callable[..., An
     for i in range(3):
         await ear.end_of(f"r{i}")
     await ear.wait_for(lambda r: [x.payload for x in ear.on(f"{BASE}/speaking")][-2:] == [b"ON", b"OFF"])
-    await asyncio.sleep(0.1)
+    await ear.barrier()  # no second ON/OFF pair is still on its way
     states = [r.payload for r in ear.on(f"{BASE}/speaking")]
     assert states == [b"OFF", b"ON", b"OFF"]  # the start's OFF, then one ON/OFF for the whole run
     await ear.say("A second run.", "again")
@@ -430,7 +430,7 @@ async def test_home_assistant_discovery_payloads(start: Callable[..., Any], mosq
     await ear.publish("homeassistant/status", "online")
     await ear.wait_for(lambda r: len([x for x in ear.received if x.topic.endswith("/config")]) == before + 6)
     await ear.publish("homeassistant/status", "offline")
-    await asyncio.sleep(0.2)
+    await ear.barrier()  # handled after the offline: announcements for it would have come first
     assert len([r for r in ear.received if r.topic.endswith("/config")]) == before + 6
 
 
@@ -448,7 +448,7 @@ async def test_home_assistant_entities_are_removed_when_disabled(
     )
     async with listen(mosquitto) as after:
         await after.wait_for(lambda r: r.topic == f"{BASE}/status")
-        await asyncio.sleep(0.3)
+        await after.broker_barrier()  # behind every retained message the subscription gets
         assert _configs(after) == {}
 
 
@@ -487,10 +487,10 @@ async def test_mixed_run_every_request_ends_exactly_once(start: Callable[..., An
             await ear.publish("stop", json.dumps({"id": f"m{i - 2}"}))
         if i == 40:
             await ear.publish("stop", b"")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # requests arrive over time, while earlier ones are being spoken
     for rid in ids:
         await ear.end_of(rid, timeout=30)
-    await asyncio.sleep(0.3)
+    await ear.barrier()  # a second end event already emitted for any of them has arrived
     kinds: dict[str, int] = {}
     for rid in ids:
         ends = [e for e in ear.events(rid) if e["event"] in END_EVENTS and e.get("code") != "unknown_id"]

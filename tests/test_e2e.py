@@ -15,16 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 import yaml
 from conftest import ASOUNDRC, CAPTURE_RATE, Broker, read_raw_int16
+from harness import END_EVENTS, Listener, listening
 from model_fixtures import fast_tts_settings
 
 from tts.families import TURBO
@@ -57,7 +57,8 @@ class Daemon:
 
 def start_daemon(tts: dict[str, Any], root: Path, extra: dict[str, dict[str, Any]] | None = None) -> Daemon:
     """`chatterd run` with `tts` settings against a fresh broker, PortAudio writing to a file; waits
-    for ready (the end of warm-up). `extra`: more config sections, merged key by key."""
+    for its retained `online` status (published after warm-up, once the daemon has subscribed).
+    `extra`: more config sections, merged key by key."""
     broker = Broker(root)
     broker.start()
     config_home = root / "xdg"
@@ -80,17 +81,32 @@ def start_daemon(tts: dict[str, Any], root: Path, extra: dict[str, dict[str, Any
         process = subprocess.Popen([sys.executable, "-m", "daemon", "run", "-c", str(config_path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env)
     handle = Daemon(process, broker, raw_path, log_path)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while "ready" not in handle.log():
-        if process.poll() is not None:
-            broker.stop()
-            pytest.fail(f"chatterd exited with {process.returncode} before ready:\n{handle.log()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            broker.stop()
-            pytest.fail(f"chatterd not ready within {READY_TIMEOUT} s:\n{handle.log()[-3000:]}")
-        time.sleep(0.5)
+    loop = asyncio.new_event_loop()  # its own loop: asyncio.run would unset the current one
+    try:
+        loop.run_until_complete(_until_online(handle))
+    except BaseException:
+        stop_daemon(handle)
+        raise
+    finally:
+        loop.close()
     return handle
+
+
+async def _until_online(handle: Daemon) -> None:
+    """Wait for `online` on `<base>/status`; fail with the log's tail if the daemon exits or times out."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    async with listening(handle.broker, f"{BASE}/status", base=BASE) as status:
+        while True:
+            try:  # a wait in slices, to notice a daemon that exited meanwhile
+                await status.wait_for(lambda r: r.payload == b"online", timeout=1.0)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if handle.process.poll() is not None:
+                pytest.fail(f"chatterd exited with {handle.process.returncode} before it was online:\n"
+                            f"{handle.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"chatterd not online within {READY_TIMEOUT} s:\n{handle.log()[-3000:]}")
 
 
 def stop_daemon(handle: Daemon) -> None:
@@ -126,30 +142,21 @@ def daemon(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 async def _exchange(daemon: Daemon, messages: list[tuple[str, bytes]], *, ends: int, timeout: float = 300.0,
-                    during: Any = None) -> list[dict[str, Any]]:
-    """Publish `messages` and collect events until `ends` requests have ended (or errors arrived).
+                    during: Callable[[Listener], Awaitable[None]] | None = None) -> list[dict[str, Any]]:
+    """Publish `messages` and collect events until `ends` requests have ended (errors count as ends).
 
-    `during(client, events)` may publish more (e.g. a stop) once the given event arrives.
+    `during(listener)` runs once they are published, while events come in: it may wait for one
+    (`listener.event(...)`) and publish more (e.g. a stop).
     """
-    events: list[dict[str, Any]] = []
-    async with aiomqtt.Client(daemon.broker.host, daemon.broker.port) as client:
-        await client.subscribe(f"{BASE}/event", qos=1)
+    async with listening(daemon.broker, f"{BASE}/event", base=BASE, timeout=timeout) as ear:
         for topic, payload in messages:
-            await client.publish(topic, payload, qos=1)
-
-        async def collect() -> None:
-            done = 0
-            async for message in client.messages:
-                event = json.loads(bytes(message.payload))  # type: ignore[arg-type]
-                events.append(event)
-                if during is not None:
-                    await during(client, event)
-                if event["event"] in ("finished", "stopped", "dropped", "error"):
-                    done += 1
-                    if done == ends:
-                        return
-
-        await asyncio.wait_for(collect(), timeout)
+            await ear.client.publish(topic, payload, qos=1)
+        if during is not None:
+            await during(ear)
+        await ear.until(lambda: sum(e["event"] in END_EVENTS for e in ear.events()) >= ends)
+        events = ear.events()
+    last_end = [i for i, e in enumerate(events) if e["event"] in END_EVENTS][ends - 1]
+    events = events[: last_end + 1]
     for event in events:
         if event["event"] in ("finished", "stopped") and event.get("audio_s") is not None:
             daemon.played_s.append(event["audio_s"])
@@ -168,9 +175,8 @@ def _expected_audio_s(text: str) -> float:
 
 
 async def test_status_is_online_and_retained(daemon: Daemon) -> None:
-    async with aiomqtt.Client(daemon.broker.host, daemon.broker.port) as client:
-        await client.subscribe(f"{BASE}/status", qos=1)
-        message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
+    async with listening(daemon.broker, f"{BASE}/status", base=BASE, timeout=10) as status:
+        message = await status.wait_for(lambda r: True)
         assert message.payload == b"online" and message.retain
 
 
@@ -182,12 +188,19 @@ async def test_plain_text_and_json_are_spoken(daemon: Daemon) -> None:
                                       (f"{BASE}/say", json.dumps({"text": doc, "id": "door-1"}).encode())],
                              ends=2)
     plain_id = next(e["id"] for e in events if e["event"] == "queued" and e["id"] != "door-1")
+    previous_end: float | None = None
     for request_id, text in ((plain_id, plain), ("door-1", doc)):
         assert _by_id(events, request_id) == ["queued", "started", "finished"], events
-        started = next(e for e in events if e["id"] == request_id and e["event"] == "started")
-        finished = next(e for e in events if e["id"] == request_id and e["event"] == "finished")
+        queued, started, finished = (next(e for e in events if e["id"] == request_id and e["event"] == name)
+                                     for name in ("queued", "started", "finished"))
         assert started["site"] == SITE and started["ts"] > 0
-        assert 0 < started["first_audio_ms"] < 300_000
+        # One worker: door-1's synthesis starts once the request before it has ended, so its first
+        # audio waited that long (ts are rounded to 1 ms); then it streams: the first audio comes
+        # before the whole text is synthesised.
+        waited_ms = 0.0 if previous_end is None else (previous_end - queued["ts"]) * 1000
+        first_audio_ms = started["first_audio_ms"]
+        assert waited_ms - 2 <= first_audio_ms < waited_ms + finished["synth_s"] * 1000, (queued, started, finished)
+        previous_end = finished["ts"]
         # The random model never stops by itself: the length guard decides the duration exactly.
         assert finished["audio_s"] == pytest.approx(_expected_audio_s(text), abs=0.002)
         assert finished["synth_s"] > 0
@@ -216,9 +229,9 @@ async def test_stop_mid_speech_cuts_audio(daemon: Daemon) -> None:
                  "and it goes on for a good while so that there is time to stop it in the middle.")
     full_s = _expected_audio_s(long_text)
 
-    async def stop_on_start(client: aiomqtt.Client, event: dict[str, Any]) -> None:
-        if event["event"] == "started" and event["id"] == "long-1":
-            await client.publish(f"{BASE}/stop", b"", qos=1)
+    async def stop_on_start(ear: Listener) -> None:
+        await ear.event("started", "long-1")
+        await ear.publish("stop", b"")
 
     events = await _exchange(daemon,
                              [(f"{BASE}/say", json.dumps({"text": long_text, "id": "long-1"}).encode())],
@@ -259,13 +272,11 @@ async def test_bad_input_gets_error_events_and_the_next_message_is_spoken(daemon
 
 
 async def test_sigterm_stops_cleanly_and_publishes_offline(daemon: Daemon) -> None:
-    async with aiomqtt.Client(daemon.broker.host, daemon.broker.port) as client:
-        await client.subscribe(f"{BASE}/status", qos=1)
-        first = await asyncio.wait_for(anext(aiter(client.messages)), 10)
-        assert first.payload == b"online"
+    async with listening(daemon.broker, f"{BASE}/status", base=BASE, timeout=60) as status:
+        await status.wait_for(lambda r: r.payload == b"online", timeout=10)
         daemon.process.send_signal(signal.SIGTERM)
-        second = await asyncio.wait_for(anext(aiter(client.messages)), 60)
-        assert second.payload == b"offline"
+        await status.wait_for(lambda r: r.payload == b"offline")
+        assert [r.payload for r in status.received] == [b"online", b"offline"]
     assert await asyncio.to_thread(daemon.process.wait, 60) == 0
     # Closing the stream drains PortAudio: everything reported as played is in the capture.
     assert daemon.captured_s() == pytest.approx(sum(daemon.played_s), abs=0.05)

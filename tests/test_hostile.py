@@ -4,7 +4,6 @@ through a real broker into the in-process daemon. Nothing crashes; every invalid
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import unicodedata
@@ -181,7 +180,7 @@ async def test_hostile_battery_end_to_end(mosquitto: Broker, tmp_path: Path) -> 
             assert not daemon.done(), f"the daemon died on {name}"
         await publish(mosquitto, [("say", json.dumps({"text": "all is well", "id": "after"}))])
         assert (await collector.end_of("after"))["event"] == "finished"
-        await asyncio.sleep(0.2)  # no late second end event for anything
+        await collector.barrier()  # a late second end event for anything would have arrived by now
         ends = [e for e in collector.events() if e["event"] in END_EVENTS]
     assert len(ends) == len(BATTERY) + 1
     for name, _, expected in BATTERY:

@@ -99,7 +99,8 @@ async def test_plain_text_is_spoken_with_events_and_speaking_state(
     assert finished["event"] == "finished" and finished["site"] == SITE
     assert finished["audio_s"] == pytest.approx(3 * daemon.engine.chunk_s, abs=1e-3)
     started = await listener.event("started", request_id)
-    assert started["first_audio_ms"] >= 0 and isinstance(started["ts"], float)
+    # From receipt: at least the fake's sleep before its first chunk.
+    assert started["first_audio_ms"] >= daemon.engine.delay_s * 1000 and isinstance(started["ts"], float)
     assert [e["event"] for e in listener.events() if e["id"] == request_id] == [
         "queued",
         "started",
@@ -182,27 +183,67 @@ async def test_shutdown_publishes_offline_and_stops_open_requests(
 async def test_events_published_during_an_outage_arrive_after_the_reconnect(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
-    config = MqttConfig(host=mosquitto.host, port=mosquitto.port, site=SITE, reconnect_min_s=1.0)
-    link = MqttLink(config)
-    connected = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def held_back(seconds: float) -> None:  # the reconnect waits until the listener is there
+        await resume.wait()
+
+    config = MqttConfig(host=mosquitto.host, port=mosquitto.port, site=SITE)
+    link = MqttLink(config, sleep=held_back)
+    connected, offline = asyncio.Event(), asyncio.Event()
+    link.on_offline.append(lambda reason: offline.set())
     task = asyncio.create_task(link.run(lambda *_: None, connected.set))
     try:
         await asyncio.wait_for(connected.wait(), TIMEOUT)
         mosquitto.stop()
+        await asyncio.wait_for(offline.wait(), TIMEOUT)
         for i in range(3):
             link.publish_event(Event("queued", f"during-outage-{i}"))
-        await asyncio.sleep(0.2)
         mosquitto.start()
-        # The link waits 0.5..1 s before retrying; the listener is subscribed well before that.
         async with listen(mosquitto) as listener:
-            status = await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
-            assert status is not None
+            resume.set()
+            await listener.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
             for i in range(3):
                 event = await listener.event("queued", f"during-outage-{i}")
                 assert event["site"] == SITE
     finally:
         link.stop()
         await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_reconnect_backoff_doubles_up_to_the_maximum_and_resets_after_a_connection(tmp_path: Path) -> None:
+    """The waits between attempts, exactly: each drawn from [delay / 2, delay] (here its upper end),
+    delay doubling from reconnect_min_s to reconnect_max_s; after a connection, back to the minimum."""
+    broker = Broker(tmp_path)  # not started yet: every attempt is refused
+    bounds: list[tuple[float, float]] = []
+    waits: list[float] = []
+
+    def upper_end(low: float, high: float) -> float:
+        bounds.append((low, high))
+        return high
+
+    async def sleep(seconds: float) -> None:  # no wall time passes; the broker comes and goes here
+        waits.append(seconds)
+        if len(waits) == 6:
+            await asyncio.to_thread(broker.start)
+        elif len(waits) == 7:
+            link.stop()
+
+    config = MqttConfig(host=broker.host, port=broker.port, site=SITE, reconnect_min_s=0.25, reconnect_max_s=2.0)
+    link = MqttLink(config, sleep=sleep, jitter=upper_end)
+    connected = asyncio.Event()
+    task = asyncio.create_task(link.run(lambda *_: None, connected.set))
+    try:
+        await asyncio.wait_for(connected.wait(), TIMEOUT)
+        assert waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+        assert bounds == [(w / 2, w) for w in waits]
+        broker.stop()  # the connection is lost: the next wait starts from the minimum again
+        await asyncio.wait_for(task, TIMEOUT)
+        assert waits[6:] == [0.25] and bounds[6] == (0.125, 0.25)
+    finally:
+        link.stop()
+        await asyncio.wait_for(task, TIMEOUT)
+        broker.stop()
 
 
 async def test_outbox_is_bounded_and_keeps_the_newest() -> None:
@@ -212,7 +253,7 @@ async def test_outbox_is_bounded_and_keeps_the_newest() -> None:
     assert [json.loads(o.payload)["id"] for o in link._outbox] == ["r2", "r3", "r4"]
 
 
-def test_last_will_publishes_offline_when_the_daemon_dies(mosquitto: Broker) -> None:
+async def test_last_will_publishes_offline_when_the_daemon_dies(mosquitto: Broker) -> None:
     script = (
         "import asyncio, sys\n"
         "from daemon.config import MqttConfig\n"
@@ -224,28 +265,15 @@ def test_last_will_publishes_offline_when_the_daemon_dies(mosquitto: Broker) -> 
     )
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as process:
         try:
-            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+            assert process.stdout is not None
+            assert (await asyncio.to_thread(process.stdout.readline)).strip() == "ready"
             process.send_signal(signal.SIGKILL)
-            process.wait(TIMEOUT)
+            await asyncio.to_thread(process.wait, TIMEOUT)
         finally:
             if process.poll() is None:
                 process.kill()
-    result = subprocess.run(
-        [
-            "mosquitto_sub",
-            "-h",
-            mosquitto.host,
-            "-p",
-            str(mosquitto.port),
-            "-t",
-            f"{BASE}/status",
-            "-C",
-            "1",
-            "-W",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.stdout.strip() == "offline"
+    async with listen(mosquitto) as watcher:  # the broker may notice the lost connection after this subscribes
+        await watcher.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"offline")
+    async with listen(mosquitto) as late:
+        status = await late.wait_for(lambda r: r.topic == f"{BASE}/status")
+        assert (status.payload, status.retain) == (b"offline", True)

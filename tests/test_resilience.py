@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import numpy as np
 import pytest
 from conftest import (
@@ -31,7 +30,7 @@ from conftest import (
     require_tool,
 )
 from fakes import FakeEngine, FaultyEngine, PacedSink
-from harness import BASE, SITE, TIMEOUT, collecting, make_config, online_at, publish, running
+from harness import BASE, SITE, TIMEOUT, collecting, listening, make_config, online_at, publish, running
 
 from daemon import player
 from daemon.config import MqttConfig
@@ -49,10 +48,14 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
     broker.start()
     engine = FakeEngine(delay_s=0.005)
     sink = PacedSink(engine.sample_rate, pace=1.0)  # real time: the speech outlasts the outage
-    # Reconnect waits are 1.5..3 s: the broker is back well before the daemon returns.
-    config = make_config(broker, tmp_path, {"reconnect_min_s": 3.0, "reconnect_max_s": 3.0})
+    config = make_config(broker, tmp_path)
+    come_back = asyncio.Event()
+
+    async def held_back(seconds: float) -> None:  # the daemon reconnects once the test lets it
+        await come_back.wait()
+
     try:
-        async with collecting(broker) as collector, running(config, engine, sink):
+        async with collecting(broker) as collector, running(config, engine, sink, reconnect_sleep=held_back):
             await collector.until(lambda: bool(online_at(collector)))
             long_text = " ".join(["word"] * 40)  # 2 s of audio
             await publish(broker, [("say", json.dumps({"text": long_text, "id": "long"}))])
@@ -64,6 +67,7 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
             after = [f"after {i} restart" for i in range(5)]
             await publish(broker, [("say", json.dumps({"text": t, "id": f"after-{i}"})) for i, t in enumerate(after)])
             published_at = time.monotonic()
+            come_back.set()
             for request_id in ["long"] + [f"after-{i}" for i in range(5)]:
                 assert (await collector.end_of(request_id))["event"] == "finished"
             # The daemon came back after those were published: the broker queued them in its session.
@@ -72,11 +76,12 @@ async def test_broker_restart_mid_speech_loses_and_repeats_nothing(
             # Playing went on through the outage: the long request is complete.
             finished = collector.ends("long")[0]
             assert finished["audio_s"] == pytest.approx(40 * engine.chunk_s, abs=1e-3)
-            await asyncio.sleep(0.5)  # time for a duplicate delivery to show up
+            # A say the broker delivered twice (QoS 1 redelivery) reaches the daemon before this one.
+            await collector.barrier()
             counts = Counter(engine.calls)
             assert all(counts[text] == 1 for text in after), counts
             for request_id in ["long"] + [f"after-{i}" for i in range(5)]:
-                assert len(collector.ends(request_id)) == 1
+                assert collector.names(request_id) == ["queued", "started", "finished"], request_id
             # The retained state was published again after the reconnect, and it is right.
             speaking = [(r.payload, r.at) for r in collector.received if r.topic == f"{BASE}/speaking"]
             assert any(at > reconnects[-1] for _, at in speaking) and speaking[-1][0] == b"OFF"
@@ -90,39 +95,37 @@ async def test_after_a_reconnect_to_a_fresh_broker_subscriptions_and_retained_st
     """A broker restarted without persistence forgot everything: the link subscribes again and
     its on_connected callbacks (integrations: discovery) publish their retained state again."""
     link = MqttLink(MqttConfig(host=mosquitto.host, port=mosquitto.port, site=SITE, reconnect_min_s=0.2))
-    received: list[tuple[str, bytes]] = []
-    connects: list[float] = []
 
     def announce() -> None:
-        connects.append(time.monotonic())
         link.publish(f"{BASE}/announced", "config", retain=True)
 
     def broken() -> None:
         raise RuntimeError("an integration bug")
 
     link.on_connected += [broken, announce]
-    task = asyncio.create_task(link.run(lambda topic, payload, _: received.append((topic, payload))))
+    connects: asyncio.Queue[None] = asyncio.Queue()
+    link.on_connected.append(lambda: connects.put_nowait(None))
+    said: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_message(topic: str, payload: bytes, received_at: float) -> None:
+        if topic == f"{BASE}/say":
+            said.put_nowait(payload)
+
+    task = asyncio.create_task(link.run(on_message))
     try:
         for round_ in range(2):
-            deadline = time.monotonic() + TIMEOUT
-            while len(connects) <= round_:
-                assert time.monotonic() < deadline and not task.done()
-                await asyncio.sleep(0.05)
-            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
-                await client.subscribe(f"{BASE}/#", qos=1)
-                retained = await asyncio.wait_for(anext(aiter(client.messages)), TIMEOUT)
-                assert retained.retain and retained.topic.value in (f"{BASE}/announced", f"{BASE}/status",
-                                                                    f"{BASE}/speaking")
-                await client.publish(f"{BASE}/say", f"round {round_}", qos=1)
-            while (f"{BASE}/say", f"round {round_}".encode()) not in received:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(connects.get(), TIMEOUT)
+            async with listening(mosquitto, f"{BASE}/#") as late:
+                # Retained: the link's (re)publication, on a broker that had forgotten everything.
+                retained = await late.wait_for(lambda r: r.retain)
+                assert retained.topic in (f"{BASE}/announced", f"{BASE}/status", f"{BASE}/speaking")
+                await late.publish("say", f"round {round_}")
+            assert await asyncio.wait_for(said.get(), TIMEOUT) == f"round {round_}".encode()
             if round_ == 0:
                 mosquitto.stop()
                 mosquitto.start()
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
-            await client.subscribe(f"{BASE}/announced", qos=1)
-            assert (await asyncio.wait_for(anext(aiter(client.messages)), TIMEOUT)).payload == b"config"
+        async with listening(mosquitto, f"{BASE}/announced") as late:
+            await late.wait_for(lambda r: r.payload == b"config")
     finally:
         link.stop()
         await asyncio.wait_for(task, TIMEOUT)
@@ -165,42 +168,58 @@ class VanishingDevice:
         return read_raw_int16(self.path)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test sets `now` (read from the player thread)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_audio_device_vanishing_mid_stream_is_reported_and_reopened_with_backoff(
     tmp_path: Path, mosquitto: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(player, "REOPEN_MIN_S", 1.0)
     config_home = tmp_path / "xdg"
     (config_home / "alsa").mkdir(parents=True)
     device = VanishingDevice(tmp_path, keep_bytes=CAPTURE_RATE * 2 // 4)  # 0.25 s, then it is gone
     (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC.format(rate=CAPTURE_RATE, path=device.path))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     engine = FakeEngine()
-    sink = await asyncio.to_thread(PyAudioSink, engine.sample_rate)
+    clock = FakeClock()  # the backoff's time: it moves only below, so every delay is exact
+    sink = await asyncio.to_thread(PyAudioSink, engine.sample_rate, clock=clock)
 
     async def say(request_id: str, text: str) -> dict[str, Any]:
         await publish(mosquitto, [("say", json.dumps({"text": text, "id": request_id}))])
         return await collector.end_of(request_id)
 
-    backing_off = "next attempt to reopen it is in"
+    def backing_off(seconds: float) -> str:
+        return f"the next attempt to reopen it is in {seconds:.1f} s"
+
+    first, second = player.REOPEN_MIN_S, 2 * player.REOPEN_MIN_S
     async with collecting(mosquitto) as collector, running(make_config(mosquitto, tmp_path), engine, sink):
         await collector.until(lambda: bool(online_at(collector)))
+        failed_at = clock.now
         error = await say("cut-off", "w " * 40)
         assert (error["event"], error["code"]) == ("error", "audio_failed")
         assert device.gone.is_set() and "writing to audio device" in error["message"]
-        # Within the backoff (1 s) a request fails at once, without touching the device.
+        # Within the backoff a request fails at once, without touching the device.
         error = await say("gone-1", "nobody hears this")
-        assert error["code"] == "audio_failed" and backing_off in error["message"], error
-        await asyncio.sleep(1.1)
-        # The backoff has passed: a real attempt, which fails too (the device is still gone) ...
+        assert error["code"] == "audio_failed" and backing_off(first) in error["message"], error
+        # The backoff has passed, to the tick: a real attempt, which fails too (the device is still gone) ...
+        clock.now = failed_at + first
         error = await say("gone-2", "nor this")
-        assert error["code"] == "audio_failed" and backing_off not in error["message"], error
+        assert error["code"] == "audio_failed" and "next attempt" not in error["message"], error
         device.come_back()
-        # ... and doubles the backoff: 2 s now, so the device is not tried yet.
+        # ... and doubles the backoff: the device is not tried until `second` after that attempt.
         error = await say("gone-3", "too soon")
-        assert error["code"] == "audio_failed" and backing_off in error["message"], error
-        await asyncio.sleep(2.1)
+        assert error["code"] == "audio_failed" and backing_off(second) in error["message"], error
+        clock.now = failed_at + first + second - 0.01
+        error = await say("gone-4", "still too soon")
+        assert error["code"] == "audio_failed" and backing_off(0.01) in error["message"], error
+        clock.now = failed_at + first + second
         assert (await say("back", "back again now"))["event"] == "finished"
-        await asyncio.sleep(0.2)
     # The reopened device got exactly the last request's audio (the ALSA plugin truncates on open).
     samples = device.samples()
     assert len(samples) >= engine.expected_samples("back again now")
@@ -312,6 +331,10 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
         await collector.until(lambda: any(e["event"] == "started" for e in collector.events()))
         stop_sent = time.monotonic()
         await publish(mosquitto, [("stop", b"")])
+        # The daemon handled the stop before this: every queued request has its end already, and only
+        # the one being spoken may still be cutting its audio.
+        await collector.barrier()
+        after_stop = len(collector.events())
         seen: set[str] = set()
 
         def all_ended() -> bool:
@@ -320,6 +343,8 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
 
         await collector.until(all_ended, timeout=30)
         stop_took = time.monotonic() - stop_sent
+        late = collector.events()[after_stop:]
+        assert len({e["id"] for e in late}) <= 1 and sum(e["event"] in END_EVENTS for e in late) <= 1, late
         rss_growth = _rss_mb() - rss_before
         await publish(mosquitto, [("say", json.dumps({"text": "still here", "id": "after-burst"}))])
         assert (await collector.end_of("after-burst"))["event"] == "finished"
@@ -334,7 +359,7 @@ async def test_burst_of_500_from_several_clients_each_ends_exactly_once_and_stop
     # 40 per client at once, then 5/s: most of the burst is refused; of the rest, the queue holds 32.
     assert 200 <= outcomes[("error", "rate_limited")] <= 300, outcomes
     assert outcomes[("dropped", "queue_full")] > 0 and outcomes[("stopped", "stop")] > 0, outcomes
-    assert stop_took < 3.0, stop_took  # every queued request ended within seconds of the stop
+    print(f"\nburst of {len(ids)}: every request ended {stop_took:.2f} s after the stop was sent")
     assert rss_growth < 100, rss_growth
 
 
@@ -404,22 +429,12 @@ async def test_right_credentials_over_tls_connect_and_speak(
     config = make_config(broker, tmp_path, {**tls, "password_file": str(secret)})
     engine = FakeEngine()
     collector_auth = {"username": "chatterd", "password": PASSWORD}
-    async with running(config, engine, WavSink(tmp_path / "o.wav", engine.sample_rate)):
-
-        async def speak_once() -> None:
-            async with aiomqtt.Client(broker.host, broker.port, **collector_auth) as client:
-                await client.subscribe(f"{BASE}/#", qos=1)
-                async for message in client.messages:
-                    payload = message.payload if isinstance(message.payload, bytes) else b""
-                    if message.topic.matches(f"{BASE}/status") and payload == b"online":
-                        request = json.dumps({"text": "over tls", "id": "tls-1"})
-                        await client.publish(f"{BASE}/say", request, qos=1)
-                    elif message.topic.matches(f"{BASE}/event") and json.loads(payload)["event"] in END_EVENTS:
-                        assert json.loads(payload)["event"] == "finished"
-                        assert PASSWORD.encode() not in payload
-                        return
-
-        await asyncio.wait_for(speak_once(), TIMEOUT)
+    async with running(config, engine, WavSink(tmp_path / "o.wav", engine.sample_rate)), \
+            listening(broker, f"{BASE}/#", **collector_auth) as ear:
+        await ear.wait_for(lambda r: r.topic == f"{BASE}/status" and r.payload == b"online")
+        await ear.say("over tls", "tls-1")
+        assert (await ear.end_of("tls-1"))["event"] == "finished"
+        assert not [r for r in ear.received if PASSWORD.encode() in r.payload]
     # The same through an environment variable.
     monkeypatch.setenv("CHATTERD_TEST_MQTT_PASSWORD", PASSWORD)
     env_config = make_config(broker, tmp_path, {**tls, "password_env": "CHATTERD_TEST_MQTT_PASSWORD"})

@@ -24,38 +24,52 @@ TIMEOUT = 10.0
 
 
 class Harness:
-    """A running SpeechService whose events land in `events`."""
+    """A running SpeechService whose events land in `events` (emitted at `emitted_at`, monotonic)."""
 
     def __init__(self, engine: FakeEngine, sink: Sink, queue_size: int = 32) -> None:
         self.engine = engine
         self.events: list[Event] = []
+        self.emitted_at: list[float] = []
+        self.received_at: dict[str, float] = {}
         self.speaking: list[bool] = []
         self._changed = asyncio.Event()
         self.player = Player(sink)
         self.player.start()
         self.service = SpeechService(
-            engine, self.player, SpeechConfig(queue_size=queue_size), self._emit, self.speaking.append
+            engine, self.player, SpeechConfig(queue_size=queue_size), self._emit, self._on_speaking
         )
         self.task = asyncio.create_task(self.service.run())
 
     def _emit(self, event: Event) -> None:
         self.events.append(event)
+        self.emitted_at.append(time.monotonic())
+        self._changed.set()
+
+    def _on_speaking(self, speaking: bool) -> None:
+        self.speaking.append(speaking)
         self._changed.set()
 
     def say(self, text: str, request_id: str, **fields: Any) -> bool:
-        request = SayRequest(text=text, id=request_id, received_at=time.monotonic(), **fields)
+        self.received_at[request_id] = time.monotonic()
+        request = SayRequest(text=text, id=request_id, received_at=self.received_at[request_id], **fields)
         return self.service.submit(request)
 
-    async def wait_for(self, predicate: Callable[[Event], bool]) -> Event:
-        async def scan() -> Event:
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
+    def at(self, event: Event) -> float:
+        """When `event` was emitted."""
+        return self.emitted_at[self.events.index(event)]
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async def scan() -> None:
+            while not condition():
                 self._changed.clear()
                 await self._changed.wait()
 
-        return await asyncio.wait_for(scan(), TIMEOUT)
+        await asyncio.wait_for(scan(), TIMEOUT)
+
+    async def wait_for(self, predicate: Callable[[Event], bool]) -> Event:
+        """The first event (so far or later) that `predicate` accepts."""
+        await self.until(lambda: any(predicate(e) for e in self.events))
+        return next(e for e in self.events if predicate(e))
 
     async def end_of(self, request_id: str) -> Event:
         return await self.wait_for(lambda e: e.id == request_id and e.is_end)
@@ -67,10 +81,8 @@ class Harness:
         return [e.event for e in self.events if e.id == request_id]
 
     async def idle(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self.speaking[-1:] != [False] or self.service.queued:
-            assert time.monotonic() < deadline, "service did not go idle"
-            await asyncio.sleep(0.01)
+        """Until the worker has emptied the queue and said so (speaking off)."""
+        await self.until(lambda: self.speaking[-1:] == [False] and not self.service.queued)
 
     async def close(self) -> None:
         self.task.cancel()
@@ -104,12 +116,19 @@ async def test_requests_are_spoken_in_order_with_full_event_sequences(harness: H
     for request_id in texts:
         await h.end_of(request_id)
     assert h.engine.calls == list(texts.values())
+    previous: Event | None = None
     for request_id, text in texts.items():
         assert h.names(request_id) == ["queued", "started", "finished"]
         started = next(e for e in h.events if e.id == request_id and e.event == "started")
         finished = next(e for e in h.events if e.id == request_id and e.event == "finished")
-        # At least the fake's sleep before its first chunk; well under a second for a 2 ms engine.
-        assert h.engine.delay_s * 1000 <= started.extras["first_audio_ms"] < 1000
+        # One worker: synthesis begins once the request before has ended, then the fake sleeps
+        # delay_s before its first chunk; the first frame was handed over before `started` went out.
+        received = h.received_at[request_id]
+        began = received if previous is None else h.at(previous)
+        first_audio_ms = started.extras["first_audio_ms"]  # rounded to 0.1 ms
+        assert (began - received + h.engine.delay_s) * 1000 - 0.1 <= first_audio_ms
+        assert first_audio_ms <= (h.at(started) - received) * 1000 + 0.1
+        previous = finished
         assert finished.extras["first_audio_ms"] == started.extras["first_audio_ms"]
         assert finished.extras["audio_s"] == pytest.approx(len(text.split()) * h.engine.chunk_s, abs=1e-3)
         assert finished.extras["synth_s"] > 0

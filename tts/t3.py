@@ -196,7 +196,8 @@ class Backbone(nn.Module, abc.ABC):
     head_dim: int
 
     def typed_layers(self) -> list[_Layer]:
-        return cast(list[_Layer], list(self.layers))
+        # A string type: dynamo cannot trace `list[_Layer]` (a types.GenericAlias) under fullgraph.
+        return cast("list[_Layer]", list(self.layers))
 
     def inputs(self, x: Tensor, idx: Tensor) -> Tensor:
         """Input embeddings (B, S, dim) at cache positions idx (S,), before the first layer."""
