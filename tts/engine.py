@@ -124,8 +124,12 @@ class StreamingTTS:
         return self.resolved.pipeline
 
     def thread_split(self) -> tuple[int, int] | None:
-        """(T3 threads, vocoder threads) while pipelined on a CPU (None on CUDA: streams, not cores)."""
-        if self.device.type == "cuda":
+        """(T3 threads, vocoder threads) while pipelined on a CPU (None on CUDA: streams, not cores).
+
+        None with compile too: compiled graphs are guarded on the thread count, and a different one
+        on either side would recompile them mid-request.
+        """
+        if self.device.type == "cuda" or self.config.compile:
             return None
         total = torch.get_num_threads()
         t3 = self.config.t3_threads or max(1, total // 2)
