@@ -124,9 +124,10 @@ class StreamingVocoder:
         out_frames = (max_tokens + LOOKAHEAD + len(self.tail)) * MEL_PER_TOKEN
         self.noise = torch.randn(1, 80, prompt_frames + out_frames, generator=generator,
                                  device=generator.device if generator is not None else device).to(device)
-        self.t_span = torch.linspace(0, 1, flow_steps + 1, device=device)
-        if flow.schedule == "cosine":
-            self.t_span = 1 - torch.cos(self.t_span * 0.5 * math.pi)
+        with torch.inference_mode():  # like every tensor process() makes: compiled graphs guard on it
+            self.t_span = torch.linspace(0, 1, flow_steps + 1, device=device)
+            if flow.schedule == "cosine":
+                self.t_span = 1 - torch.cos(self.t_span * 0.5 * math.pi)
         with torch.inference_mode():
             self.spks = self.flow.spk_embed_affine_layer(F.normalize(prompt.xvector, dim=1))  # (1, 80)
         self.emitted_tokens = 0
