@@ -21,6 +21,8 @@ def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: P
 
     settings = fast_tts_settings(checkpoint_dir) | {
         "dtype": "bfloat16", "compile": True, "cache_dir": str(tmp_path),
+        # fp32 vocoder weights: the compiled estimator is compared with upstream's fp32 one below.
+        "vocoder_dtype": "float32",
         # A small cache (128 slots: one KV bucket) keeps the CPU compile to one graph.
         "max_speech_tokens": 40, "max_text_tokens": 40,
     }
@@ -41,9 +43,11 @@ def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: P
     frames_before = dict(torch._dynamo.utils.counters["frames"])
     assert after_graphs == [frames_before], "warm-up's request compiled a graph the bucket warm-up missed"
     g = torch.Generator().manual_seed(0)
+    rows = 2 if engine.flow_cfg_rate > 0 else 1  # the decoding rows the solver runs (Turbo: one, no CFG)
     with torch.inference_mode():  # inference tensors, as the vocoder's
-        x, mu, cond = (torch.randn(2, 80, 70, generator=g) for _ in range(3))
-        inputs = (x, torch.ones(2, 1, 70), mu, torch.full((2,), 0.4), torch.randn(2, 80, generator=g), cond)
+        x, mu, cond = (torch.randn(rows, 80, 70, generator=g) for _ in range(3))
+        inputs = (x, torch.ones(rows, 1, 70), mu, torch.full((rows,), 0.4), torch.randn(rows, 80, generator=g), cond,
+                  torch.full((rows,), 0.9))
     with torch._dynamo.config.patch(error_on_recompile=True):
         short = np.concatenate(list(engine.stream("Hi.", seed=1)))
         long = np.concatenate(list(engine.stream("The door is open, lights are on.", seed=2)))
@@ -55,7 +59,8 @@ def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: P
 
     # The compiled flow estimator computes what upstream's eager one does.
     with torch.inference_mode():
-        upstream_velocity = engine.s3gen.flow.decoder.estimator(*inputs)
+        upstream = engine.s3gen.flow.decoder.estimator
+        upstream_velocity = upstream(*inputs[:6], r=inputs[6]) if upstream.meanflow else upstream(*inputs[:6])
     assert torch.allclose(compiled_velocity, upstream_velocity, atol=1e-4)
 
 
