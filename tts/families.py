@@ -12,7 +12,7 @@ more description here plus whatever is truly new about it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,22 +168,20 @@ TURBO = Family(
     hub_extras=("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"),
 )
 
-MULTILINGUAL = Family(
+# The original's architecture (Llama T3 with CFG, its prefix layout, its flow decoder) with its own
+# weights, tokenizer, languages and sampling defaults.
+MULTILINGUAL = replace(
+    ORIGINAL,
     name="multilingual",
     summary="Chatterbox Multilingual: the original architecture speaking 23 languages",
-    hub_repo="ResembleAI/chatterbox",
     t3_weights="t3_mtl23ls_v2.safetensors",
     hparams=_multilingual_hparams,
-    cfg=True,
-    text_markers=True,
-    bos_repeats=2,
     load_tokenizer=tokenizers.load_mtl_tokenizer,
     write_tokenizer=tokenizers.write_mtl_tokenizer,
     tokenizer_files=(tokenizers.MTL_TOKENIZER_FILE, tokenizers.CANGJIE_FILE),
     languages=tuple(MTL_LANGUAGES),
-    punctuation=PUNC_NORM,
-    sampling=Sampling(temperature=0.8, repetition_penalty=2.0, top_p=1.0, min_p=0.05, cfg_weight=0.5),
-    flow=FlowSpec(weights="s3gen.pt", meanflow=False, steps=10, cfg_rate=0.7),
+    sampling=replace(ORIGINAL.sampling, repetition_penalty=2.0),
+    flow=replace(ORIGINAL.flow, weights="s3gen.pt"),
     ve_weights="ve.pt",
 )
 
