@@ -22,7 +22,7 @@ $(CHECKPOINT)/RANDOM_WEIGHTS.txt:
 checkpoints: $(FAMILIES:%=$(CHECKPOINTS)/%/RANDOM_WEIGHTS.txt)   ## a random-weight checkpoint per family (tests, benches)
 
 $(CHECKPOINTS)/%/RANDOM_WEIGHTS.txt:
-	$(CHATTERD) make-checkpoint --random --model $* $(CHECKPOINTS)/$*
+	$(CHATTERD) make-checkpoint --model $* --random $(CHECKPOINTS)/$*
 
 var/baseline-venv/bin/python:   # the seed's method, for `bench stream`
 	bench/setup-baseline var/baseline-venv

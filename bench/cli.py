@@ -73,13 +73,13 @@ def checkpoints(args: argparse.Namespace, parser: argparse.ArgumentParser,
                                                and (not overrides or n in overrides)]
     if not names:
         parser.error(f"no family checkpoint under {args.checkpoints}; make them with `make checkpoints` "
-                     f"(`chatterd make-checkpoint --random --model FAMILY {args.checkpoints}/FAMILY`)")
+                     f"(`chatterd make-checkpoint --model FAMILY --random {args.checkpoints}/FAMILY`)")
     found: dict[str, Path] = {}
     for name in names:
         try:
             found[name] = resolve_checkpoint(str(paths[name].resolve()), family(name))
         except TTSError as exc:
-            parser.error(f"{exc}; make it with `chatterd make-checkpoint --random --model {name} {paths[name]}`")
+            parser.error(f"{exc}; make it with `chatterd make-checkpoint --model {name} --random {paths[name]}`")
     return found
 
 
