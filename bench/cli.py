@@ -133,6 +133,12 @@ def main(argv: list[str]) -> int:
     knobs.add_argument("--tokens", type=int, default=50)
     knobs.add_argument("--repeats", type=int, default=2)
     knobs.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    parts = sub.add_parser("parts", help="where one family's time goes here, part by part (T3 step, flow encoder, "
+                           "estimator, HiFT per chunk size), against its bandwidth and compute floors")
+    parts.add_argument("--family", default="turbo")
+    parts.add_argument("--tokens", type=int, default=64, help="speech tokens of the T3 request")
+    parts.add_argument("--repeats", type=int, default=3)
+    parts.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     wyoming = sub.add_parser("wyoming", help="Wyoming first audio and RTF, one-shot and streaming, against a "
                              "running daemon (and its MQTT first audio in the same run)")
     wyoming.add_argument("--uri", default="tcp://127.0.0.1:10200")
@@ -180,6 +186,14 @@ def main(argv: list[str]) -> int:
         results = startup_bench.run(args.family, ckpt, args.dtype, args.max_speech_tokens, args.max_text_tokens)
         print(startup_bench.report(results))
         print(f"results: {_write(args.out, 'startup', results)}")
+    if args.what == "parts":
+        from bench import parts as parts_bench
+
+        (ckpt,) = checkpoints(args, parser, [args.family]).values()
+        results = parts_bench.run(args.family, ckpt, args.tokens, args.repeats,
+                                  [int(n) for n in args.threads.split(",") if n])
+        print(parts_bench.report(results))
+        print(f"results: {_write(args.out, 'parts', results)}")
     if args.what == "knobs":
         from bench import knobs as knobs_bench
 

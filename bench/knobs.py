@@ -11,6 +11,7 @@ measures how far a knob moves the output, not how it sounds.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -34,6 +35,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
                        "first_chunk_tokens": 8},
     # The flow estimator compiled (bucketed windows); its one-off compile time is reported apart.
     "compile": {"compile": True, "dtype": "float32"},  # (T3's dtype is not used here; int8 forbids compile)
+    # Fewer flow frames per chunk, and chunks that amortise them (Turbo's CPU candidates, issue 12).
+    "prompt_tokens=100": {"prompt_tokens": 100},
+    "context_tokens=12": {"context_tokens": 12},
+    "context_tokens=0": {"context_tokens": 0},
+    "max_chunk_tokens=150": {"max_chunk_tokens": 150},
+    "flow_steps=1": {"flow_steps": 1},
+    # bf16 estimator weights, wherever measured (the engine's auto picks them only with native bf16).
+    "vocoder_dtype=bfloat16": {"vocoder_dtype": "bfloat16"},
 }
 
 
@@ -66,6 +75,10 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
             continue  # a meanflow decoder has no flow CFG
         prompt = VoicePrompt.from_ref_dict(ref_dict, knobs.prompt_tokens, engine.device)
         estimator, compile_s = None, None
+        if cfg.vocoder_dtype == "bfloat16":  # a copy: the engine's fp32 estimator serves the others
+            estimator = FlowEstimator(copy.deepcopy(engine.s3gen.flow.decoder.estimator), compile=False,
+                                      dtype=torch.bfloat16)
+            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens), rows=1, device=engine.device)
         if cfg.compile:
             estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
             t0 = time.perf_counter()

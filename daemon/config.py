@@ -171,6 +171,12 @@ class SpeechConfig:
     # Long text is spoken sentence by sentence (the next synthesised while one plays); a sentence
     # longer than this many characters is cut at clause, then word boundaries.
     max_sentence_chars: int = 300
+    # After the first sentence, consecutive sentences go to the engine together, up to
+    # max_sentence_chars per call: each call restarts T3's prefill and the vocoder's chunk schedule
+    # (a small first chunk; every chunk repeats the voice prompt), so a paragraph keeps up with
+    # playback better in fewer calls. The first sentence stays alone (first audio waits for it).
+    # The phrase cache keys on what one call spoke. false = one call per sentence.
+    group_sentences: bool = True
     cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
 
     def __post_init__(self) -> None:

@@ -81,7 +81,8 @@ class SpeechService:
         self.default_voice = default_voice
         self._admission = Admission(engine, config, emit, self.voice_of)
         self._queue = self._admission.queue
-        self._synthesizer = Synthesizer(engine, config.max_sentence_chars, self.voice_of, cache, leveller)
+        self._synthesizer = Synthesizer(engine, config.max_sentence_chars, self.voice_of, cache, leveller,
+                                        group_sentences=config.group_sentences)
         self._wakeup = asyncio.Event()
         self._current: Utterance | None = None
         self._speaking = False

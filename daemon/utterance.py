@@ -29,7 +29,7 @@ from daemon.loudness import Leveller
 from daemon.messages import SayRequest
 from daemon.phrase_cache import PhraseCache
 from daemon.player import PlaybackResult
-from tts.text import normalize, split_sentences
+from tts.text import group_sentences, normalize, split_sentences
 
 FloatPCM = npt.NDArray[np.float32]
 
@@ -88,9 +88,11 @@ class Synthesizer:
         voice_of: Callable[[SayRequest], str],
         cache: PhraseCache | None = None,
         leveller: Leveller | None = None,
+        group_sentences: bool = False,
     ) -> None:
         self._engine = engine
         self._max_sentence_chars = max_sentence_chars
+        self._group_sentences = group_sentences  # tts.text.group_sentences after the split
         self._voice_of = voice_of
         self._cache = cache
         self._leveller = leveller
@@ -104,7 +106,9 @@ class Synthesizer:
         started = time.perf_counter()
         request = utterance.request
         voice = self._voice_of(request)
-        sentences = split_sentences(request.text, self._max_sentence_chars) or [request.text]
+        sentences = split_sentences(request.text, self._max_sentence_chars, request.language) or [request.text]
+        if self._group_sentences:
+            sentences = group_sentences(sentences, self._max_sentence_chars, request.language)
         try:
             for sentence in sentences:
                 if utterance.cancel.is_set():

@@ -197,20 +197,23 @@ async def test_duplicates_are_queued_when_dedupe_is_off(start: Callable[..., Any
 # --- long text --------------------------------------------------------------------------------------
 
 
-async def test_sentences_are_pipelined_without_gaps(start: Callable[..., Any]) -> None:
-    """Each sentence costs 150 ms before its first chunk; played in real time, none of it is heard.
+@pytest.mark.parametrize("grouped", [False, True], ids=["per-sentence", "grouped"])
+async def test_sentences_are_pipelined_without_gaps(start: Callable[..., Any], grouped: bool) -> None:
+    """Each engine call costs 150 ms before its first chunk; played in real time, none of it is heard.
 
-    Without pipelining every sentence boundary would be a ~150 ms underrun.
+    Without pipelining every call boundary would be a ~150 ms underrun. With `group_sentences`
+    (the default) the first sentence is one call and the three after it (99 characters) another.
     """
     engine = FakeEngine(delay_s=0.005, first_delay_s=0.15)
     sink = TimedSink(engine.sample_rate)
-    d = await start(engine, sink)
+    d = await start(engine, sink, speech={"group_sentences": grouped})
     ear = d.listener
     sentence = "Six words make one sentence here."
     await ear.say(" ".join([sentence] * 4), "long")
     finished = await ear.end_of("long")
     assert ear.names("long") == ["queued", "started", "finished"]
-    assert finished["sentences"] == 4 and engine.calls == [sentence] * 4
+    calls = [sentence, " ".join([sentence] * 3)] if grouped else [sentence] * 4
+    assert finished["sentences"] == len(calls) and engine.calls == calls
     assert finished["audio_s"] == pytest.approx(24 * engine.chunk_s, abs=1e-3)
     gaps = sink.gaps()
     assert len(gaps) == 23

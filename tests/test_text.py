@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tts.text import TURBO_PUNC_NORM, join_sentences, normalize, split_sentences, strip_tags
+from tts.text import TURBO_PUNC_NORM, group_sentences, join_sentences, normalize, split_sentences, strip_tags
 
 
 def test_sentences_are_split_at_their_ends() -> None:
@@ -28,6 +28,19 @@ def test_long_sentences_are_cut_at_clauses_then_words() -> None:
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
     assert split_sentences(words, 20) == ["alpha beta gamma", "delta epsilon zeta", "eta theta iota kappa"]
     assert split_sentences("x" * 45, 20) == ["x" * 20, "x" * 20, "x" * 5]
+
+
+def test_sentences_after_the_first_are_grouped_up_to_the_limit() -> None:
+    pieces = split_sentences("Hi. The door is open. The light is on. It rains. Bye.", 300)
+    assert group_sentences(pieces, 300) == ["Hi.", "The door is open. The light is on. It rains. Bye."]
+    assert group_sentences(pieces, 30) == ["Hi.", "The door is open.", "The light is on. It rains.", "Bye."]
+    assert group_sentences(["一。", "二。", "三。"], 10, "zh") == ["一。", "二。三。"]
+    assert group_sentences([], 300) == [] and group_sentences(["Alone."], 300) == ["Alone."]
+    long_text = "A sentence. Another one, with a clause; and more: the end - really. " * 7
+    for limit in (20, 60, 300):
+        groups = group_sentences(split_sentences(long_text, limit), limit)
+        assert all(len(g) <= limit for g in groups)
+        assert join_sentences(groups) == join_sentences(split_sentences(long_text, limit))
 
 
 @pytest.mark.parametrize(

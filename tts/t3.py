@@ -346,17 +346,20 @@ class T3Decoder:
 
     # -- the transformer -------------------------------------------------------------------------
 
-    def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool, rows: slice | None = None) -> Tensor:
+    def _forward(self, x: Tensor, start: Tensor, kv_len: int, prefill: bool, rows: slice | None = None,
+                 exact: bool = False) -> Tensor:
         """Run the backbone on x (B, S, dim) at positions start..start+S-1, attending over the cache's
         first kv_len slots; returns normed hidden states. `rows`: the cache rows x is for (B of the
-        decoding rows); None = all."""
+        decoding rows); None = all. `exact`: kv_len ends at x's last position (one decoded token
+        attending over exactly the filled cache: nothing to mask)."""
         bb = self.backbone
         bsz, seq, _ = x.shape
         idx = start + torch.arange(seq, device=x.device)  # (S,)
         x = bb.inputs(x, idx)
         # A prefill from position 0 needs nothing but its own k, v under a causal mask.
         own_only = prefill and kv_len == seq
-        if not own_only:
+        mask: Tensor | None = None
+        if not own_only and not exact:
             # Decode (bucketed) or a prefill after a cached prefix: attend over kv_len slots,
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
@@ -375,7 +378,7 @@ class T3Decoder:
             else:
                 keys = k_cache[:, :, :kv_len]  # (B, H, kv_len, D)
                 values = v_cache[:, :, :kv_len]
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # mask None: all visible
             x = layer.finish(x, o.transpose(1, 2).reshape(bsz, seq, -1))
         return bb.final(x)
 
@@ -443,8 +446,11 @@ class T3Decoder:
 
     def _decode_step(self, token: Tensor, pos: Tensor, speech_pos: Tensor, kv_len: int,
                      params: SamplingParams, noise: Tensor) -> Tensor:
-        """token (1,) at cache position `pos` and speech position `speech_pos` -> next token (1,)."""
-        hidden = self._forward(self.step_embeds(token, speech_pos), pos, kv_len, prefill=False)
+        """token (1,) at cache position `pos` and speech position `speech_pos` -> next token (1,).
+
+        `kv_len` is `kv_span(pos + 1)`: exact in eager mode, a bucket when compiled."""
+        hidden = self._forward(self.step_embeds(token, speech_pos), pos, kv_len, prefill=False,
+                               exact=not self.compiled)
         return self._sample(self._logits(hidden[:, -1]), params, noise)
 
     # -- public API --------------------------------------------------------------------------------
@@ -534,6 +540,13 @@ class T3Decoder:
             hidden.append(out[:, -1])
         return self._logits(torch.cat(hidden))
 
+    def kv_span(self, positions: int) -> int:
+        """The cache slots a decode step attends over when `positions` are filled: exactly those in
+        eager mode (on a CPU the step reads the whole span: Turbo's 375 conditioning positions make
+        it 100 MB of fp32 K/V per step, a quarter of the step), the KV bucket when compiled (one
+        graph per bucket)."""
+        return self.kv_bucket(positions) if self.compiled else positions
+
     def kv_bucket(self, positions: int) -> int:
         bucket = KV_BUCKET
         while bucket < positions:
@@ -622,7 +635,7 @@ class T3Decoder:
                 token,
                 torch.tensor(pos, device=self.device),
                 torch.tensor(i, device=self.device),  # upstream: token i gets speech position i
-                self.kv_bucket(pos + 1),
+                self.kv_span(pos + 1),
                 params,
                 self._noise(generator),
             )
@@ -642,7 +655,7 @@ class T3Decoder:
                 ids = torch.tensor([token], device=self.device)
                 x = self.step_embeds(ids, torch.tensor([i], device=self.device))
                 pos = prefix_len + i - 1
-                hidden = self._forward(x, torch.tensor(pos, device=self.device), self.kv_bucket(pos + 1), False)
+                hidden = self._forward(x, torch.tensor(pos, device=self.device), pos + 1, False, exact=True)
                 rows.append(self._mix(self._logits(hidden[:, -1]), cfg_weight))
             return torch.stack(rows)  # (N, V)
 

@@ -142,6 +142,25 @@ def split_sentences(text: str, max_chars: int, language: str | None = None) -> l
     return pieces
 
 
+def group_sentences(pieces: list[str], max_chars: int, language: str | None = None) -> list[str]:
+    """Join consecutive pieces of `split_sentences` into as few engine calls as `max_chars` allows,
+    the first piece alone.
+
+    Every call restarts T3's prefill and the vocoder's chunk schedule (a small first chunk, then
+    chunks that each repeat the voice prompt and context), so a paragraph spoken in fewer calls
+    keeps up with playback better; the first piece stays alone because first audio waits for it.
+    `join_sentences(groups, language)` gives `join_sentences(pieces, language)` back.
+    """
+    groups = pieces[:1]
+    sep = "" if language in UNSPACED else " "
+    for piece in pieces[1:]:
+        if len(groups) > 1 and len(groups[-1]) + len(sep) + len(piece) <= max_chars:
+            groups[-1] = groups[-1] + sep + piece
+        else:
+            groups.append(piece)
+    return groups
+
+
 def join_sentences(pieces: list[str], language: str | None = None) -> str:
     """The inverse of `split_sentences` (see its docstring for when it is exact)."""
     return ("" if language in UNSPACED else " ").join(pieces)
