@@ -28,8 +28,9 @@ def test_chunks_arrive_before_decoding_ends(engine, pipeline):
     def counting_generate(*args, **kwargs):
         for block in real_generate(*args, **kwargs):
             produced.append(len(block))
+            if block.last:  # the engine stops asking after the last block: its end is marked
+                decode_done.append(time.perf_counter())
             yield block
-        decode_done.append(time.perf_counter())
 
     original = engine.resolved
     engine.resolved = dataclasses.replace(original, pipeline=pipeline)
@@ -52,6 +53,37 @@ def test_chunks_arrive_before_decoding_ends(engine, pipeline):
     assert produced[0] == engine.resolved.first_chunk_tokens + LOOKAHEAD
     assert decoded_at_first_chunk == produced[0]
     assert sum(produced) == budget  # the random model never stops by itself: the guard ends it
+
+
+@pytest.mark.parametrize("max_tokens", [23, 41])  # 23: the 12-token chunk would be ready with the last block
+def test_what_is_left_when_t3_ends_is_one_final_window(engine, max_tokens):
+    """Once T3's last block is in, the rest (at most max_chunk_tokens) is vocoded in one window,
+    not in scheduled chunks and then a final one (each window repeats the voice prompt)."""
+    import dataclasses
+
+    events: list[str] = []
+    real_generate = engine.decoder.generate
+
+    def marking_generate(*args, **kwargs):
+        for block in real_generate(*args, **kwargs):
+            if block.last:
+                events.append("last block")
+            yield block
+
+    original = engine.resolved
+    engine.resolved = dataclasses.replace(original, pipeline=False)  # blocks arrive in order with chunks
+    engine.decoder.generate = marking_generate
+    try:
+        stats = SynthesisStats()
+        for _ in engine.stream("A sentence long enough for its budget to be cut.", max_tokens=max_tokens,
+                               stats=stats):
+            events.append("chunk")
+    finally:
+        engine.decoder.generate = real_generate
+        engine.resolved = original
+    assert events.count("last block") == 1 and events[-2:] == ["last block", "chunk"], events
+    left = stats.tokens + engine.family.flow.tail_silence - sum(stats.chunk_tokens)
+    assert 0 < left <= engine.config.max_chunk_tokens + engine.family.flow.tail_silence
 
 
 def test_length_guard_bounds_tokens_and_audio(engine):

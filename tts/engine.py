@@ -36,7 +36,7 @@ from tts.families import S3GEN_VOCAB
 from tts.flow_estimator import FlowEstimator, bucket
 from tts.loading import LoadedModel, load_model, pick_vocoder_dtype
 from tts.schedule import ChunkSchedule
-from tts.t3 import PrefixKV, SamplingParams, T3Decoder, prefix_length
+from tts.t3 import Block, PrefixKV, SamplingParams, T3Decoder, prefix_length
 from tts.text import normalize, strip_tags, token_budget
 from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, prepare_hift, window_frames
 from tts.voices import Voice
@@ -307,15 +307,21 @@ class StreamingTTS:
         produced = 0
         target = schedule.next()
         halt = threading.Event()  # set when the consumer is done early: the decoder stops too
+        blocks = self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt, cancel, stats)
         try:
-            for block in self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt,
-                                              cancel, stats):
+            for block in blocks:
                 if not produced:
                     stats.prefill_s = self.decoder.last_prefill_s
                 produced += len(block)
                 # Ids the vocoder cannot take (start/pad specials) are dropped, as upstream does.
                 tokens.extend(t for t in block if t < S3GEN_VOCAB)
-                while vocoder.ready(len(tokens), target):
+                if block.last:
+                    # T3 is done: what is left goes in one final window (chunk-sized ones first
+                    # if more than the largest chunk is left), and the decoder's cores come back
+                    # to the vocoder now (closing the pipeline restores the thread count).
+                    blocks.close()
+                while vocoder.ready(len(tokens), target) and not (
+                        block.last and len(tokens) - vocoder.emitted_tokens <= cfg.max_chunk_tokens):
                     if cancel is not None and cancel.is_set():
                         return
                     pcm = vocoder.process(tokens, chunk=target)
@@ -324,10 +330,11 @@ class StreamingTTS:
                     stats.chunk_tokens.append(target)
                     yield chunk
                     target = schedule.next()
-                if cancel is not None and cancel.is_set():
-                    return
+                if cancel is not None and cancel.is_set() or block.last:
+                    break
         finally:
             halt.set()
+            blocks.close()
         stats.tokens = len(tokens)
         stats.stopped_by_guard = produced >= budget
         if cancel is not None and cancel.is_set():
@@ -338,7 +345,7 @@ class StreamingTTS:
 
     def _decoded_blocks(self, prefix: torch.Tensor, cached: PrefixKV, budget: int, generator: torch.Generator,
                         halt: threading.Event, cancel: threading.Event | None,
-                        stats: SynthesisStats) -> Iterator[list[int]]:
+                        stats: SynthesisStats) -> Generator[Block, None, None]:
         """T3's token blocks, the first one exactly what the first chunk needs; same tokens either way.
 
         Inline, or (tts.pipeline) the first block inline and the rest on a thread that keeps decoding
@@ -363,7 +370,7 @@ class StreamingTTS:
         except GeneratorExit:
             blocks.close()  # releases the decoder
             raise
-        handoff: queue.Queue[list[int] | BaseException | None] = queue.Queue()
+        handoff: queue.Queue[Block | BaseException | None] = queue.Queue()
         side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
 
         split = self.thread_split()
@@ -406,7 +413,7 @@ class StreamingTTS:
         return pcm.astype(np.float32, copy=False)  # unclipped: the daemon's output stage clips, after levelling
 
 
-def _timed(blocks: Generator[list[int], None, None], stats: SynthesisStats) -> Generator[list[int], None, None]:
+def _timed(blocks: Generator[Block, None, None], stats: SynthesisStats) -> Generator[Block, None, None]:
     """Pass T3's blocks through, adding the time spent producing them to stats.t3_s."""
     try:
         while True:

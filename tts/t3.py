@@ -63,6 +63,15 @@ class SamplingParams:
         return cls(**fields)
 
 
+class Block(list[int]):
+    """A block of decoded speech token ids; `last` when the decoder ends with it (stop token, token
+    budget or cancel): a consumer can finish its work without waiting for the end of the stream."""
+
+    def __init__(self, ids: list[int], last: bool = False) -> None:
+        super().__init__(ids)
+        self.last = last
+
+
 @dataclass(frozen=True)
 class PrefixKV:
     """Keys and values every request of a voice starts with, each (layers, kv_heads, P, head_dim).
@@ -573,8 +582,9 @@ class T3Decoder:
         check_every: int = 8,
         first_block: int | None = None,
         cached: PrefixKV | None = None,
-    ) -> Generator[list[int], None, None]:
-        """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks.
+    ) -> Generator[Block, None, None]:
+        """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks,
+        the last one marked (`Block.last`).
 
         The stop token is looked for on the host every `check_every` steps (one sync per block, not
         per step), the first time after `first_block` steps if given (what the caller needs for its
@@ -608,7 +618,7 @@ class T3Decoder:
 
     def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
                   generator: torch.Generator | None, cancel: CancelFlag | None,
-                  check_every: int, first_block: int, cached: PrefixKV | None) -> Iterator[list[int]]:
+                  check_every: int, first_block: int, cached: PrefixKV | None) -> Iterator[Block]:
         prefix_len = prefix.shape[1]
         max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
         if max_tokens <= 0:
@@ -623,12 +633,11 @@ class T3Decoder:
                 ids = torch.cat(block).tolist()  # the one host sync per block
                 block.clear()
                 if stop in ids:
-                    ids = ids[: ids.index(stop)]
-                    if ids:
-                        yield ids
+                    yield Block(ids[: ids.index(stop)], last=True)  # maybe empty: the stop came first
                     return
-                yield ids
-                if i == max_tokens or (cancel is not None and cancel.is_set()):
+                last = i == max_tokens or (cancel is not None and cancel.is_set())
+                yield Block(ids, last=last)
+                if last:
                     return
             pos = prefix_len + i - 1  # cache slot of the token being fed
             token = self._step(
