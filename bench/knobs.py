@@ -61,7 +61,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
     voice = engine.voice_bank.get(None)
     ref_dict = load_conds_file(engine.checkpoint_dir / "conds.pt")["gen"]  # the default voice's S3Gen prompt
     ids = torch.randint(0, S3GEN_VOCAB, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
-    reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow=flow, flow_steps=engine.flow_steps, seed=0,
+    reference = fidelity.one_shot(engine.s3gen, voice.prompt, ids, flow=flow, flow_steps=flow.steps, seed=0,
                                   flow_cfg_rate=engine.flow_cfg_rate)
     results: dict[str, Any] = {"family": family, "tokens": tokens, "repeats": repeats, "defaults": engine.settings(),
                                "variants": {}}

@@ -13,6 +13,11 @@ inline), `repeats` times each, interleaved:
   context + n + lookahead tokens), each as seconds per second of the chunk's audio, next to its
   compute floor: its FLOPs (torch's FlopCounterMode, convolutions and matrix products) over the
   fp32 matrix-multiply throughput measured here at that thread count.
+- **candidates** (one thread, the largest chunk's window, issue 12): the flow estimator as served
+  against int8 dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported
+  from the same module; only where `onnxruntime` is installed), each with its relative error to
+  the served output; T3's linears (one decoded token through every backbone projection) in fp32,
+  fbgemm's dynamic int8 (served on a CPU), torch's weight-only int8 and int4 kernels.
 - **pipelined bound**: on a CPU the engine decodes T3 on `t3_threads` cores while the vocoder uses
   the rest, so the steady RTF cannot be below the slower side's (at the largest chunk); inline,
   the two sides add up.
@@ -64,6 +69,135 @@ def flops_of(fn: Any) -> int:
     with counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
+def estimator_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
+    """The flow estimator on one (1, 80, frames) window: served vs each candidate, time and error."""
+    import copy
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from tts.flow_estimator import FlowEstimator
+
+    module = engine.s3gen.flow.decoder.estimator
+    x, mu, cond = (torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    args = (x, torch.ones(1, 1, frames), mu, torch.tensor([0.5]), torch.randn(1, 80), cond, torch.tensor([1.0]))
+    served = engine.flow_estimator
+    want = served(*args)
+    rows: dict[str, Any] = {}
+
+    def measure(name: str, fn: Any) -> None:
+        try:
+            got = torch.as_tensor(fn())
+            rows[name] = {"call_s": _median_s(fn, repeats).to_json(), "rel_err": _rel_err(got, want)}
+        except Exception as exc:  # a candidate that cannot run here is a result too
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    measure(f"served ({served.dtype})", lambda: served(*args))
+    int8 = FlowEstimator(quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear: per_channel_dynamic_qconfig}),
+                         compile=False)
+    measure("int8 dynamic linears", lambda: int8(*args))
+    bf16 = FlowEstimator(copy.deepcopy(module), compile=False, dtype=torch.bfloat16, bucketed=False)
+    measure("bf16 weights", lambda: bf16(*args))
+    try:
+        import onnxruntime  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        rows["onnxruntime fp32"] = {"error": "onnxruntime is not installed (pip install onnxruntime)"}
+    else:
+        rows["onnxruntime fp32"] = _onnxruntime_estimator(served, args, want, repeats, onnxruntime)
+    return {"frames": frames, "rows": rows}
+
+
+def _onnxruntime_estimator(served: Any, args: tuple[torch.Tensor, ...], want: torch.Tensor, repeats: int,
+                           ort: Any) -> dict[str, Any]:
+    import tempfile
+
+    names = ["x", "mask", "mu", "t", "spks", "cond", "r"]
+
+    class Unet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = served.estimator  # registered, so the export sees its weights
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return served._unet(*inputs)  # type: ignore[no-any-return]
+
+    frames = {2: "frames"}
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        path = f"{tmp}/estimator.onnx"
+        t0 = time.perf_counter()
+        torch.onnx.export(Unet().eval(), args, path, input_names=names, output_names=["v"], opset_version=17,
+                          dynamic_axes={"x": frames, "mask": frames, "mu": frames, "cond": frames, "v": frames})
+        export_s = time.perf_counter() - t0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    return {"call_s": _median_s(lambda: session.run(None, feed), repeats).to_json(),
+            "rel_err": _rel_err(got, want), "export_s": export_s}
+
+
+def t3_linear_candidates(decoder: Any, repeats: int) -> dict[str, Any]:
+    """One decoded token through every backbone projection (T3's weight reads), per weight format."""
+    shapes = [(m.in_features, m.out_features) for m in decoder.backbone.layers.modules()
+              if hasattr(m, "in_features") and hasattr(m, "out_features")]
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=gen) * k**-0.5 for k, n in shapes]
+    inputs = {k: torch.randn(1, k, generator=gen) for k, _ in shapes}
+    rows: dict[str, Any] = {"projections": len(shapes)}
+
+    def measure(name: str, build: Any) -> None:
+        try:
+            calls = build()
+            rows[name] = {"call_s": _median_s(lambda: [c() for c in calls], repeats).to_json()}
+        except Exception as exc:  # e.g. a kernel this torch build lacks
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    def fp32() -> list[Any]:
+        return [lambda w=w: inputs[w.shape[1]] @ w.t() for w in weights]
+
+    def fbgemm_int8() -> list[Any]:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        mods = []
+        for w in weights:
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            lin.weight.data.copy_(w)
+            mods.append(quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear: per_channel_dynamic_qconfig}))
+        return [lambda m=m, k=m[0].in_features: m(inputs[k]) for m in mods]
+
+    def weight_only_int8() -> list[Any]:
+        packed = []
+        for w in weights:
+            scale = w.abs().amax(1) / 127
+            packed.append(((w / scale[:, None]).round().to(torch.int8), scale, w.shape[1]))
+        return [lambda q=q, s=s, k=k: torch.ops.aten._weight_int8pack_mm(inputs[k], q, s) for q, s, k in packed]
+
+    def weight_only_int4(group: int = 32) -> list[Any]:
+        packed = []
+        for w in weights:
+            n, k = w.shape
+            g = w.reshape(n, k // group, group)
+            low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+            scale = (high - low).clamp(min=1e-6) / 15
+            q = ((g - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+            zeros = low + 8 * scale
+            scales_zeros = torch.stack([scale.squeeze(-1), zeros.squeeze(-1)], -1).transpose(0, 1).contiguous()
+            packed.append((torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 8), scales_zeros, k))
+        return [lambda p=p, sz=sz, k=k: torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[k], p, group, sz)
+                for p, sz, k in packed]
+
+    measure("fp32", fp32)
+    measure("int8 dynamic (fbgemm, served)", fbgemm_int8)
+    measure("int8 weight-only (_weight_int8pack_mm)", weight_only_int8)
+    measure("int4 weight-only, groups of 32 (_weight_int4pack_mm_for_cpu)", weight_only_int4)
+    return rows
 
 
 def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[int]) -> dict[str, Any]:
@@ -168,6 +302,15 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
             results["threads"][str(n_threads)] = row
     finally:
         torch.set_num_threads(before)
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            window_frames = MEL_PER_TOKEN * (prompt_tokens + context + max(chunks) + LOOKAHEAD)
+            results["candidates"] = {"threads": 1,
+                                     "estimator": estimator_candidates(engine, window_frames, repeats),
+                                     "t3_linears": t3_linear_candidates(decoder, repeats)}
+    finally:
+        torch.set_num_threads(before)
     big = str(max(chunks))
     rows = results["threads"]
     if "1" in rows:
@@ -208,6 +351,16 @@ def report(results: dict[str, Any]) -> str:
         p = results["pipelined_two_cores"]
         lines.append(f"  pipelined, one core each: T3 {p['t3_rtf']:.2f}, vocoder {p['vocoder_rtf']:.2f} -> steady RTF "
                      f">= {p['bound_rtf']:.2f} (floor {p['floor_rtf']:.2f})")
+    c = results.get("candidates")
+    if c:
+        lines.append(f"  candidates, {c['threads']} thread: flow estimator on {c['estimator']['frames']} frames")
+        for name, row in c["estimator"]["rows"].items():
+            lines.append(f"    {name:28s} " + (f"{Summary(**row['call_s']).fmt()}  rel. error {row['rel_err']:.2e}"
+                                               if "call_s" in row else row["error"]))
+        lines.append(f"  T3 linears for one token ({c['t3_linears']['projections']} projections)")
+        for name, row in c["t3_linears"].items():
+            if isinstance(row, dict):
+                lines.append(f"    {name:62s} " + (Summary(**row["call_s"]).fmt() if "call_s" in row else row["error"]))
     i = results["inline_all_threads"]
     lines.append(f"  inline, {i['threads']} threads: steady RTF >= {i['bound_rtf']:.2f} (floor {i['floor_rtf']:.2f})")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Per-device defaults: the settings a config leaves null, chosen for the device the engine runs on.
 
 * `realtime` (a CPU): T3 pipelined on its own cores, a 50-token voice prompt and 25 tokens of left
-  context in every vocoder call, a 6-token first chunk: what keeps Turbo up with playback on two
-  cores (README "Performance"; `chatterd bench stream`).
+  context in every vocoder call, a 6-token first chunk, and the fewest flow steps the family's
+  decoder is made for (Turbo's meanflow: one): what brings Turbo closest to playback speed on two
+  cores (README "Performance"; `chatterd bench parts`, `chatterd bench knobs --family turbo`).
 * `fidelity` (CUDA): the full voice prompt, 50 tokens of context, a 10-token first chunk; T3 on its
   own CUDA stream. A GPU has the headroom, so nothing trades output distance for speed.
 
@@ -34,8 +35,10 @@ class Settings:
 
 
 _PROFILES: dict[str, dict[str, object]] = {
-    "realtime": {"pipeline": True, "prompt_tokens": 50, "context_tokens": 25, "first_chunk_tokens": 6},
-    "fidelity": {"pipeline": True, "prompt_tokens": None, "context_tokens": 50, "first_chunk_tokens": 10},
+    "realtime": {"pipeline": True, "prompt_tokens": 50, "context_tokens": 25, "first_chunk_tokens": 6,
+                 "fewest_flow_steps": True},
+    "fidelity": {"pipeline": True, "prompt_tokens": None, "context_tokens": 50, "first_chunk_tokens": 10,
+                 "fewest_flow_steps": False},
 }
 
 
@@ -57,6 +60,7 @@ def resolve(config: TTSConfig, family: Family, device: torch.device) -> Settings
         prompt_tokens=pick("prompt_tokens"),  # type: ignore[arg-type]
         context_tokens=int(pick("context_tokens")),  # type: ignore[call-overload]
         first_chunk_tokens=int(pick("first_chunk_tokens")),  # type: ignore[call-overload]
-        flow_steps=config.flow_steps or family.flow.steps,
+        flow_steps=config.flow_steps or (family.flow.fewest_steps if profile["fewest_flow_steps"] else None)
+        or family.flow.steps,
         flow_cfg_rate=family.flow.cfg_rate if config.flow_cfg_rate is None else config.flow_cfg_rate,
     )
