@@ -60,7 +60,8 @@ class TTSConfig:
     # Already-vocoded tokens fed again as left context at every chunk (prosody continuity);
     # null = the device profile's (CPU 25, GPU 50).
     context_tokens: int | None = None
-    # Flow-matching (CFM) Euler steps in the vocoder; null = the family's (original 10, Turbo 2).
+    # Flow-matching (CFM) Euler steps in the vocoder; null = the family's (original 10, Turbo 2), on a
+    # CPU (profile realtime) the fewest its decoder is made for (FlowSpec.fewest_steps: Turbo 1).
     flow_steps: int | None = None
     # Classifier-free guidance rate inside the flow matching; null = the family's (original 0.7,
     # Turbo 0: its meanflow decoder has CFG distilled in). 0 halves the original's vocoder cost.
