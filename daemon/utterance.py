@@ -1,6 +1,7 @@
 """The synthesis-thread side of one request: sentences -> phrase cache or engine -> levelling -> destination.
 
-A request is spoken sentence by sentence (`tts.text.split_sentences`) into one `AudioOut`: while
+A request is spoken sentence by sentence (`tts.text.split_sentences`; with `group_sentences` the
+sentences after the first share engine calls, `tts.text.group_sentences`) into one `AudioOut`: while
 the destination plays (or sends) sentence n, this thread already produces sentence n+1, and the
 request still gets one `started` and one `finished`. A stop or cancel is seen between chunks and
 between sentences, so the engine is free again within one chunk. With a phrase cache, a sentence
@@ -88,7 +89,8 @@ class Synthesizer:
         voice_of: Callable[[SayRequest], str],
         cache: PhraseCache | None = None,
         leveller: Leveller | None = None,
-        group_sentences: bool = False,
+        *,
+        group_sentences: bool,
     ) -> None:
         self._engine = engine
         self._max_sentence_chars = max_sentence_chars
