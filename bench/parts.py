@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.stats import Summary
+from bench.stats import Summary, repeat, timed
 
 READ_BYTES = 512 * 2**20  # bandwidth probe: larger than any cache
 MATMUL_N = 1024  # throughput probe: an fp32 (N x N) @ (N x N)
@@ -42,12 +42,7 @@ TEXT = "The front door is open, and the light in the hall is still on."
 
 def _median_s(fn: Any, repeats: int) -> Summary:
     fn()  # warm (allocations, oneDNN primitives for this shape)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return Summary.of(times)
+    return repeat(lambda: timed(fn), repeats)
 
 
 def read_bandwidth(repeats: int) -> float:
