@@ -100,3 +100,15 @@ def test_audio_queued_before_the_request_lets_chunks_grow_at_once():
     assert told.sizes[1] == 100
     assert blind.sizes[1] < 100
     assert len(told.sizes) < len(blind.sizes)
+
+
+def test_slower_than_playback_chunks_never_shrink():
+    # A little slower than playback with a fixed cost per call (pipelined Turbo on two cores): the
+    # buffer a large chunk leaves would size the next one smaller, and smaller chunks cost more per
+    # token; the schedule stays at the largest size instead, stalling less than small chunks do.
+    grown = simulate(ChunkSchedule(6, 25, 2.0, 100), per_token_s=0.042, per_chunk_s=0.6, tokens=500)
+    small = simulate(ChunkSchedule(6, 25, 1.0, 25), per_token_s=0.042, per_chunk_s=0.6, tokens=500)
+    body = grown.sizes[:-1]  # the last one is what was left
+    assert body == sorted(body)
+    assert body[3:] == [100] * len(body[3:])
+    assert sum(grown.stalls) < sum(small.stalls)
