@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from tts.engine import SynthesisStats
 from tts.errors import UnknownVoice
@@ -182,3 +183,41 @@ def test_a_decoder_failure_surfaces_as_synthesis_error_and_the_engine_recovers(e
     finally:
         engine.decoder.generate = real_generate
     assert len(np.concatenate(list(engine.stream("And this works.")))) > 0
+
+
+def test_pipelined_t3_borrows_the_waiting_vocoders_cores_without_changing_the_tokens(engine):
+    # On a CPU the decoder has one core and the vocoder the other; while the vocoder waits for
+    # tokens, T3 steps on both. The thread count changes step by step; the tokens must not. (The
+    # audio may differ: the chunk schedule follows measured timings.)
+    import dataclasses
+
+    from tts.engine import SynthesisStats
+
+    original, threads, generate = engine.resolved, torch.get_num_threads(), engine.decoder.generate
+    decoded: list[int] = []
+
+    def recording(*args, **kwargs):
+        for block in generate(*args, **kwargs):
+            decoded.extend(block)
+            yield block
+
+    text = "The washing machine finished its cycle an hour ago."
+    runs = {}
+    try:
+        torch.set_num_threads(2)
+        engine.decoder.generate = recording
+        for pipeline in (True, False):
+            engine.resolved = dataclasses.replace(original, pipeline=pipeline)
+            stats = SynthesisStats()
+            decoded.clear()
+            assert len(np.concatenate(list(engine.stream(text, seed=5, max_tokens=48, stats=stats)))) > 0
+            assert torch.get_num_threads() == 2  # the request's split is undone
+            runs[pipeline] = (list(decoded), stats.t3_shared_steps)
+    finally:
+        engine.resolved = original
+        engine.decoder.generate = generate
+        torch.set_num_threads(threads)
+    assert runs[True][1] > 0 and runs[False][1] == 0
+    assert len(runs[True][0]) == 48
+    assert runs[True][0] == runs[False][0]
+

@@ -170,3 +170,27 @@ def test_bf16_and_int8_decoders_stay_within_their_tolerance_of_fp32(case: Case) 
 def _assert_close(logits: torch.Tensor, reference: torch.Tensor, max_error: float, agreement: float) -> None:
     assert (logits - reference).abs().max().item() < max_error
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean().item() >= agreement
+
+
+def test_decode_attention_matches_sdpa_and_ignores_the_thread_count():
+    # A pipelined T3 step may run on one core or two (tts.engine._CoreShare). ATen's CPU SDPA
+    # splits 700 keys differently on two threads (3.5e-8 apart in torch 2.6); the decode
+    # attention's sums must not depend on it, and must agree with SDPA, mask included.
+    import torch.nn.functional as F
+
+    from tts.t3 import _one_query_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, keys, values = (torch.randn(2, 16, n, 64, generator=gen) for n in (1, 700, 700))
+    mask = (torch.arange(700) < 650)[None, None, None]
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out[n] = [_one_query_attention(q, keys, values), _one_query_attention(q, keys, values, attn_mask=mask)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(out[1], out[2], strict=True))
+    torch.testing.assert_close(out[1][0], F.scaled_dot_product_attention(q, keys, values))
+    torch.testing.assert_close(out[1][1], F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))

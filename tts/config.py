@@ -50,7 +50,8 @@ class TTSConfig:
     # Streaming schedule, in speech tokens: a small first chunk for fast first audio; after it, each
     # chunk as large as the audio queued ahead of playback covers (its synthesis may take at most
     # `chunk_headroom` of that audio's duration), between `chunk_tokens` and `max_chunk_tokens`.
-    # When synthesis is slower than playback, chunks grow by `chunk_growth` instead.
+    # When synthesis is slower than playback, chunks grow by `chunk_growth` instead (never shrinking
+    # while it stays slower).
     # null = the device profile's (tts/profiles.py: CPU 6, GPU 10).
     first_chunk_tokens: int | None = None
     chunk_tokens: int = 25

@@ -100,6 +100,19 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * xf.to(x.dtype)
 
 
+def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """A decoded token's attention: q (B, H, 1, D) over keys, values (B, H, L, D) -> (B, H, 1, D).
+
+    Two matrix products and a softmax rather than SDPA: ATen's CPU flash kernel splits the keys
+    over threads, so its sums change with the thread count, and a pipelined step's thread count
+    changes from step to step (`tts.engine._CoreShare`); the tokens must not.
+    """
+    scores = torch.matmul(q, keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, 1, L)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1), values)
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -387,7 +400,8 @@ class T3Decoder:
             else:
                 keys = k_cache[:, :, :kv_len]  # (B, H, kv_len, D)
                 values = v_cache[:, :, :kv_len]
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # mask None: all visible
+                attend = _one_query_attention if seq == 1 else F.scaled_dot_product_attention
+                o = attend(q, keys, values, attn_mask=mask)  # mask None: all visible
             x = layer.finish(x, o.transpose(1, 2).reshape(bsz, seq, -1))
         return bb.final(x)
 
