@@ -438,7 +438,8 @@ class _CoreShare:
     time; T3 on two cores steps ~1.3x faster than on one: it is bound by memory bandwidth).
 
     The T3 thread sets its thread count before each step (`before_step`); a vocoder chunk that
-    starts mid-step shares the cores with that one step at most.
+    starts mid-step shares the cores with that one step at most. (OpenMP's count is per thread,
+    MKL's is global: for that step the vocoder's MKL products may run two threads too.)
     """
 
     def __init__(self, t3: int, vocoder: int, stats: SynthesisStats) -> None:
