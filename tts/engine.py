@@ -45,7 +45,7 @@ from tts.voices import Voice
 log = logging.getLogger(__name__)
 
 # Settings that change neither the audio nor its timing: not part of `identity()`. (Pipelined
-# decoding is bit-identical to inline; max_text_tokens only sizes the cache.)
+# decoding gives inline's tokens, whatever the thread counts; max_text_tokens only sizes the cache.)
 _NOT_AUDIBLE = frozenset({"cache_dir", "threads", "compile", "voices", "checkpoint", "default_voice", "pipeline",
                           "max_text_tokens"})
 # Warm-up progress: (graphs or shapes done, total, what).
