@@ -191,8 +191,6 @@ def test_pipelined_t3_borrows_the_waiting_vocoders_cores_without_changing_the_to
     # audio may differ: the chunk schedule follows measured timings.)
     import dataclasses
 
-    from tts.engine import SynthesisStats
-
     original, threads, generate = engine.resolved, torch.get_num_threads(), engine.decoder.generate
     decoded: list[int] = []
 
@@ -220,4 +218,3 @@ def test_pipelined_t3_borrows_the_waiting_vocoders_cores_without_changing_the_to
     assert runs[True][1] > 0 and runs[False][1] == 0
     assert len(runs[True][0]) == 48
     assert runs[True][0] == runs[False][0]
-

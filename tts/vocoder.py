@@ -68,10 +68,11 @@ class _Bf16Conv(torch.nn.Module):
 
 
 class _Snake(torch.nn.Module):
-    """Upstream's Snake activation, x + sin(alpha x)^2 / alpha, in three passes over x instead of five.
+    """Upstream's Snake activation, x + sin(alpha x)^2 / alpha, with two allocations instead of five.
 
     Upstream allocates a tensor for each of x * alpha, its sine, the square, the scaled square and
-    the sum; here the sine and square are in place and the last two are one addcmul. On a CPU
+    the sum; here the sine and square are in place and the last two are one addcmul (four passes
+    over x instead of five). On a CPU
     HiFT's Snakes are about a quarter of its time (its largest tensors: 64 channels x 480 samples
     per mel frame), mostly the sine itself, so this saves only ~3% of HiFT; the output is
     upstream's (bit-identical on the random checkpoint's 208-frame window).
@@ -95,8 +96,8 @@ class _Snake(torch.nn.Module):
         return torch.addcmul(x, s, self.inv_alpha)
 
 
-def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Ready upstream's HiFT for serving; returns how many modules it changed.
+def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Ready upstream's HiFT for serving, in place.
 
     Weight norm is folded into plain weights (upstream recomputes every normalised weight on every
     call, ~7% of HiFT's time; the output is identical), and each Snake activation computes in
@@ -106,27 +107,21 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> int:
     from chatterbox.models.s3gen.hifigan import Snake
     from torch.nn.utils import parametrize
 
-    changed = 0
     for module in hift.modules():
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):  # type: ignore[union-attr, operator]
                 parametrize.remove_parametrizations(module, name)
-                changed += 1
 
-    def swap(parent: torch.nn.Module) -> int:
-        swapped = 0
+    def swap(parent: torch.nn.Module) -> None:
         for name, child in parent.named_children():
             if isinstance(child, Snake):
                 setattr(parent, name, _Snake(child))
-                swapped += 1
             elif dtype == torch.bfloat16 and isinstance(child, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
                 setattr(parent, name, _Bf16Conv(child))
-                swapped += 1
             else:
-                swapped += swap(child)
-        return swapped
+                swap(child)
 
-    return changed + swap(hift)
+    swap(hift)
 
 
 def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int) -> range:
