@@ -34,7 +34,7 @@ from daemon import systemd
 from daemon.commands import Router
 from daemon.config import Config, LogConfig
 from daemon.controls import Controls
-from daemon.engine import SpeechEngine, WarmableEngine
+from daemon.engine import EngineThread, SpeechEngine, WarmableEngine
 from daemon.events import OutEvent
 from daemon.hermes import HermesBridge
 from daemon.homeassistant import HomeAssistantDiscovery
@@ -88,9 +88,11 @@ async def run(
     sink: Sink | None = None,
     *,
     reconnect_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    engine_thread: EngineThread | None = None,
 ) -> None:
     """Serve requests with `engine` until cancelled; `sink` defaults to `audio.output`;
-    `reconnect_sleep` waits out each MQTT reconnect backoff."""
+    `reconnect_sleep` waits out each MQTT reconnect backoff; `engine_thread`: the thread that
+    loaded the engine, to synthesise on (a new one if None)."""
     if sink is None:
         sink = open_sink(config.audio, engine.sample_rate)
     player = Player(sink, volume=config.audio.volume)
@@ -113,6 +115,7 @@ async def run(
         leveller=Leveller(config.audio.target_dbfs, config.audio.max_gain_db, engine.sample_rate)
         if config.audio.max_gain_db > 0
         else None,
+        engine_thread=engine_thread,
     )
     router = Router(link.topics, service, player, config.speech, emit=emit)
     controls = Controls(link, service, player, engine.voices, emit)
@@ -188,7 +191,7 @@ async def _shutdown(tasks: list[asyncio.Task[None]], link: MqttLink, player: Pla
     _LOGGER.info("stopped")
 
 
-async def _main(config: Config, engine: SpeechEngine, sink: Sink) -> None:
+async def _main(config: Config, engine: SpeechEngine, sink: Sink, engine_thread: EngineThread) -> None:
     """`run` with SIGTERM/SIGINT cancelling it, as systemd and Ctrl-C expect."""
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -196,7 +199,7 @@ async def _main(config: Config, engine: SpeechEngine, sink: Sink) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main_task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await run(config, engine, sink)
+        await run(config, engine, sink, engine_thread=engine_thread)
 
 
 def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
@@ -206,24 +209,33 @@ def load_streaming_tts(config: TTSConfig) -> WarmableEngine:
     return StreamingTTS.load(config)
 
 
+def start_engine(config: TTSConfig, engine_thread: EngineThread,
+                 load_engine: EngineLoader = load_streaming_tts) -> WarmableEngine:
+    """Load and warm up the engine on `engine_thread`, the thread that will synthesise with it."""
+    _LOGGER.info("loading the %s model from %s", config.model, config.checkpoint or "its Hugging Face repository")
+    engine = engine_thread.call(load_engine, config)
+    budget = COMPILE_WARM_UP_BUDGET_S if config.compile else WARM_UP_BUDGET_S
+    systemd.notify(
+        f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}",
+        "STATUS=warming up" + (" (compiling: minutes on a CPU)" if config.compile else ""),
+    )
+    engine_thread.call(engine.warm_up, report_warm_up)
+    engine_thread.call(engine.identity)  # reads the voices' tensors; cached, so the loop never computes it
+    return engine
+
+
 def serve(config: Config, load_engine: EngineLoader = load_streaming_tts) -> None:
     """`chatterd run`: audio first (fail fast), then the engine (slow), then serve until a signal."""
     sink = open_sink(config.audio, EXPECTED_SAMPLE_RATE)
+    engine_thread = EngineThread()
     try:
         systemd.notify(f"EXTEND_TIMEOUT_USEC={int(LOAD_BUDGET_S * 1e6)}", "STATUS=loading the model")
-        _LOGGER.info("loading the %s model from %s", config.tts.model,
-                     config.tts.checkpoint or "its Hugging Face repository")
-        engine = load_engine(config.tts)
-        budget = COMPILE_WARM_UP_BUDGET_S if config.tts.compile else WARM_UP_BUDGET_S
-        systemd.notify(
-            f"EXTEND_TIMEOUT_USEC={int(budget * 1e6)}",
-            "STATUS=warming up" + (" (compiling: minutes on a CPU)" if config.tts.compile else ""),
-        )
-        engine.warm_up(progress=report_warm_up)
+        engine = start_engine(config.tts, engine_thread, load_engine)
         if engine.sample_rate != sink.sample_rate:
             sink.close()
             sink = open_sink(config.audio, engine.sample_rate)
     except BaseException:
         sink.close()
+        engine_thread.shutdown()
         raise
-    asyncio.run(_main(config, engine, sink))
+    asyncio.run(_main(config, engine, sink, engine_thread))

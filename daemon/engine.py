@@ -7,9 +7,10 @@ out-of-memory error also by the name of torch's class, anywhere in the cause cha
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +82,33 @@ class WarmableEngine(SpeechEngine, Protocol):
 
         `progress(done, total, what)` after each warmed graph or shape."""
         ...
+
+
+T = TypeVar("T")
+
+
+class EngineThread:
+    """The one thread the daemon runs its engine on: loading, warm-up and every synthesis.
+
+    Why one thread: torch's CPU kernels run on OpenMP (GNU libgomp in torch's wheels), and each
+    thread that runs a multi-threaded operator keeps its own team of OpenMP workers for life. Once
+    the process holds more workers than it has CPUs (the main thread's from loading plus a serving
+    thread's is already too many on two cores), libgomp makes every idle worker give up spinning
+    after 100 spins instead of ~300,000, so each parallel region wakes its team through the kernel:
+    a model loaded on the main thread and served from another synthesised its first chunk 30-50%
+    slower on a 2-core CPU (prefill, T3 steps, flow and HiFT alike). The engine's own T3 thread
+    (pipelined decoding) comes and goes with each request.
+    """
+
+    def __init__(self) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatterd-engine")
+
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` on the engine thread and wait for it (start-up, before the event loop)."""
+        return self.executor.submit(fn, *args).result()
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

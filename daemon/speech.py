@@ -2,7 +2,8 @@
 
 Threads and the event loop:
 * `submit`, `stop`, `stop_all`, `cancel` and `run` belong to the event loop and never block it.
-* Synthesis (`daemon.utterance.Synthesizer`) runs on one dedicated thread: the engine is not
+* Synthesis (`daemon.utterance.Synthesizer`) runs on one dedicated thread, the engine's
+  (`daemon.engine.EngineThread`, which also loaded and warmed it up): the engine is not
   reentrant, so the next request starts only once the previous generator has returned.
 * Chunks go straight from that thread into the request's destination (the Player's queue, or a
   Wyoming connection's); the destination's own thread or task sends them out.
@@ -29,7 +30,7 @@ from typing import TypeVar
 
 from daemon.admission import Admission, EmitFn, log_outcome
 from daemon.config import SpeechConfig
-from daemon.engine import SpeechEngine, error_code, is_out_of_memory
+from daemon.engine import EngineThread, SpeechEngine, error_code, is_out_of_memory
 from daemon.errors import AudioDeviceError
 from daemon.events import ErrorCode, Finished, Started, Stopped, error_event
 from daemon.loudness import Leveller
@@ -72,6 +73,7 @@ class SpeechService:
         default_voice: str = "default",
         cache: PhraseCache | None = None,
         leveller: Leveller | None = None,
+        engine_thread: EngineThread | None = None,
     ) -> None:
         self._engine = engine
         self._player = player
@@ -86,8 +88,8 @@ class SpeechService:
         self._wakeup = asyncio.Event()
         self._current: Utterance | None = None
         self._speaking = False
-        # One thread: the engine is not reentrant. Named for stack dumps and py-spy.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatterd-synth")
+        # One thread: the engine is not reentrant; the one that loaded it, if given (EngineThread).
+        self._engine_thread = engine_thread or EngineThread()
 
     # --- control, called on the event loop ------------------------------------------------------
 
@@ -172,7 +174,7 @@ class SpeechService:
             for queued in self._queue.clear():
                 self._emit_stopped(queued, 0.0, "shutdown")
             self._set_speaking(False)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._engine_thread.shutdown()
 
     async def _speak(self, request: SayRequest) -> None:
         loop = asyncio.get_running_loop()
@@ -191,7 +193,7 @@ class SpeechService:
             self._end_with_error(utterance, ErrorCode.AUDIO_FAILED, str(exc))
             return
         utterance.out = out
-        synth = loop.run_in_executor(self._executor, self._synthesizer.speak, utterance, out)
+        synth = loop.run_in_executor(self._engine_thread.executor, self._synthesizer.speak, utterance, out)
         try:
             await self._finish(utterance, out, synth)
         except asyncio.CancelledError:

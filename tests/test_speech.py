@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,11 +15,14 @@ from conftest import AlsaCapture
 from fakes import CRASH, FAIL, GHOST_VOICE, FakeEngine, PacedSink
 
 from daemon.admission import QueueFull, RequestQueue
+from daemon.app import start_engine
 from daemon.config import SpeechConfig
+from daemon.engine import EngineThread
 from daemon.events import Event
 from daemon.messages import SayRequest
 from daemon.player import Player, PyAudioSink, Sink, WavSink
 from daemon.speech import SpeechService
+from tts.config import TTSConfig
 
 TIMEOUT = 10.0
 
@@ -392,3 +396,57 @@ async def test_each_sentence_is_told_how_much_audio_is_still_queued_ahead_of_it(
     assert engine.calls == ["One two three four five.", "Six seven."]
     assert engine.queued_s[0] == 0.0
     assert 0.5 < engine.queued_s[1] <= 1.0
+
+
+class ThreadRecordingEngine(FakeEngine):
+    """A FakeEngine that records the thread of every call that would run torch in the real one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, set[int]] = {}
+
+    def _record(self, what: str) -> None:
+        self.threads.setdefault(what, set()).add(threading.get_ident())
+
+    def warm_up(self, progress: Callable[[int, int, str], None] | None = None) -> float:
+        self._record("warm_up")
+        return super().warm_up(progress)
+
+    def identity(self) -> str:
+        self._record("identity")
+        return super().identity()
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self._record("stream")
+        return super().stream(*args, **kwargs)
+
+
+async def test_the_engine_is_loaded_warmed_up_and_served_on_one_thread(tmp_path: Path) -> None:
+    # libgomp stops spinning once a process holds more OpenMP workers than CPUs: a model loaded on
+    # one thread and served from another ran 30-50% slower on two cores (daemon.engine.EngineThread).
+    engine = ThreadRecordingEngine()
+
+    def load(config: TTSConfig) -> FakeEngine:
+        engine._record("load")
+        return engine
+
+    engine_thread = EngineThread()
+    assert start_engine(TTSConfig(), engine_thread, load) is engine
+    player = Player(WavSink(tmp_path / "out.wav", engine.sample_rate))
+    player.start()
+    events: list[Event] = []
+    service = SpeechService(engine, player, SpeechConfig(), events.append, engine_thread=engine_thread)
+    task = asyncio.create_task(service.run())
+    try:
+        assert service.submit(SayRequest(text="one two", id="r1", received_at=time.monotonic()))
+        async with asyncio.timeout(TIMEOUT):
+            while not any(e.id == "r1" and e.is_end for e in events):
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        player.close()
+    assert [e.event for e in events if e.id == "r1"][-1] == "finished"
+    assert set(engine.threads) == {"load", "warm_up", "identity", "stream"}
+    threads = set().union(*engine.threads.values())
+    assert len(threads) == 1 and threading.get_ident() not in threads
