@@ -173,7 +173,7 @@ def _assert_close(logits: torch.Tensor, reference: torch.Tensor, max_error: floa
 
 
 def test_decode_attention_matches_sdpa_and_ignores_the_thread_count():
-    # A pipelined T3 step may run on one core or two (tts.engine._CoreShare). ATen's CPU SDPA
+    # A pipelined request's T3 steps run on two cores, then one (tts.engine). ATen's CPU SDPA
     # splits 700 keys differently on two threads (3.5e-8 apart in torch 2.6); the decode
     # attention's sums must not depend on it, and must agree with SDPA, mask included.
     import torch.nn.functional as F

@@ -104,8 +104,8 @@ def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Ten
     """A decoded token's attention: q (B, H, 1, D) over keys, values (B, H, L, D) -> (B, H, 1, D).
 
     Two matrix products and a softmax rather than SDPA: ATen's CPU flash kernel splits the keys
-    over threads, so its sums change with the thread count, and a pipelined step's thread count
-    changes from step to step (`tts.engine._CoreShare`); the tokens must not.
+    over threads, so its sums change with the thread count, and a pipelined request decodes its
+    first block on every core and the rest on T3's share (`tts.engine`); the tokens must not.
     """
     scores = torch.matmul(q, keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, 1, L)
     if attn_mask is not None:
@@ -596,7 +596,6 @@ class T3Decoder:
         check_every: int = 8,
         first_block: int | None = None,
         cached: PrefixKV | None = None,
-        before_step: Callable[[], object] | None = None,
     ) -> Generator[Block, None, None]:
         """Decode up to `max_tokens` speech tokens after `prefix`; yields them in small host-side blocks,
         the last one marked (`Block.last`).
@@ -604,13 +603,12 @@ class T3Decoder:
         The stop token is looked for on the host every `check_every` steps (one sync per block, not
         per step), the first time after `first_block` steps if given (what the caller needs for its
         first chunk); tokens after it are discarded. `cached`: the K/V of the prefix's leading
-        conditioning positions (see `prefill`). Stops early when `cancel` is set. `before_step`
-        runs on the decoding thread before each step (the engine sets its thread count there). The
-        decoder is single-tenant: concurrent calls wait for each other.
+        conditioning positions (see `prefill`). Stops early when `cancel` is set. The decoder is
+        single-tenant: concurrent calls wait for each other.
         """
         with self._lock:
             yield from self._generate(prefix, max_tokens, params, generator, cancel,
-                                      check_every, first_block or check_every, cached, before_step)
+                                      check_every, first_block or check_every, cached)
 
     def _start(self, prefix: Tensor, params: SamplingParams, generator: torch.Generator | None,
                cached: PrefixKV | None) -> Tensor:
@@ -634,8 +632,7 @@ class T3Decoder:
 
     def _generate(self, prefix: Tensor, max_tokens: int, params: SamplingParams,
                   generator: torch.Generator | None, cancel: CancelFlag | None,
-                  check_every: int, first_block: int, cached: PrefixKV | None,
-                  before_step: Callable[[], object] | None) -> Iterator[Block]:
+                  check_every: int, first_block: int, cached: PrefixKV | None) -> Iterator[Block]:
         prefix_len = prefix.shape[1]
         max_tokens = min(max_tokens, self.max_len - prefix_len - 1)
         if max_tokens <= 0:
@@ -656,8 +653,6 @@ class T3Decoder:
                 yield Block(ids, last=last)
                 if last:
                     return
-            if before_step is not None:
-                before_step()
             pos = prefix_len + i - 1  # cache slot of the token being fed
             token = self._step(
                 token,
