@@ -139,6 +139,11 @@ def main(argv: list[str]) -> int:
     parts.add_argument("--tokens", type=int, default=64, help="speech tokens of the T3 request")
     parts.add_argument("--repeats", type=int, default=3)
     parts.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    threads = sub.add_parser("threads", help="what a second OpenMP team costs: first chunk and T3 step on the "
+                             "loading thread vs a second thread (why the daemon has one engine thread)")
+    threads.add_argument("--family", default="turbo")
+    threads.add_argument("--tokens", type=int, default=32, help="speech tokens of the T3 request")
+    threads.add_argument("--repeats", type=int, default=3)
     wyoming = sub.add_parser("wyoming", help="Wyoming first audio and RTF, one-shot and streaming, against a "
                              "running daemon (and its MQTT first audio in the same run)")
     wyoming.add_argument("--uri", default="tcp://127.0.0.1:10200")
@@ -194,6 +199,13 @@ def main(argv: list[str]) -> int:
                                   [int(n) for n in args.threads.split(",") if n])
         print(parts_bench.report(results))
         print(f"results: {_write(args.out, 'parts', results)}")
+    if args.what == "threads":
+        from bench import threads as threads_bench
+
+        (ckpt,) = checkpoints(args, parser, [args.family]).values()
+        results = threads_bench.run(args.family, ckpt, args.tokens, args.repeats)
+        print(threads_bench.report(results))
+        print(f"results: {_write(args.out, 'threads', results)}")
     if args.what == "knobs":
         from bench import knobs as knobs_bench
 

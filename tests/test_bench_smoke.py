@@ -83,3 +83,16 @@ def test_t3_bench_smoke(tmp_path: Path) -> None:
         assert 0 <= entry["vs_fp32"]["greedy_agreement"] <= 1
         assert math.isfinite(entry["vs_fp32"]["max_abs_logit_error"])
     assert any(t["what"].startswith("turbo int8") for t in data["targets"])
+
+
+def test_threads_bench_smoke(tmp_path: Path) -> None:
+    argv = ["--checkpoint", f"turbo={checkpoint_of('turbo')}", "--out", str(tmp_path), "threads", "--tokens", "10",
+            "--repeats", "1"]
+    assert main(argv) == 0
+    (result,) = tmp_path.glob("threads-*.json")
+    data = json.loads(result.read_text())
+    assert set(data["arrangements"]) == {"one team", "second thread", "loading thread, second team alive"}
+    for row in data["arrangements"].values():
+        _finite(row, "first_chunk_s", "t3_step_s")
+        assert row["first_chunk_s"]["n"] == 1
+    _finite(data, "t3_step_one_core_s")
