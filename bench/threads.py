@@ -72,7 +72,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int) -> dict[str, A
         torch.set_num_threads(threads)
         measured, release = threading.Event(), threading.Event()
 
-        def second() -> None:
+        def second(measured: threading.Event = measured, release: threading.Event = release) -> None:
             samples["second thread"].append(measure(threads))
             measured.set()
             release.wait()  # keep this thread, and its OpenMP team, alive meanwhile
