@@ -96,8 +96,9 @@ class EngineThread:
     thread's is already too many on two cores), libgomp makes every idle worker give up spinning
     after 100 spins instead of ~300,000, so each parallel region wakes its team through the kernel:
     a model loaded on the main thread and served from another synthesised its first chunk 30-50%
-    slower on a 2-core CPU (prefill, T3 steps, flow and HiFT alike). The engine's own T3 thread
-    (pipelined decoding) comes and goes with each request.
+    slower on a 2-core CPU (prefill, T3 steps, flow and HiFT alike; `chatterd bench threads`).
+    The engine's own T3 thread (pipelined decoding) comes and goes with each request and, on two
+    cores, runs single-threaded, so it adds no workers (tts.engine).
     """
 
     def __init__(self) -> None:
