@@ -66,6 +66,17 @@ def flops_of(fn: Any) -> int:
     return int(counter.get_total_flops())
 
 
+def t3_step_s(engine: Any, voice: Any, prefix: torch.Tensor, tokens: int) -> float:
+    """Seconds per decoded token of the engine's T3 over a `tokens` request after `prefix` (the
+    voice's cached conditioning K/V), after the first block: the prefill is not a step's cost."""
+    blocks = engine.decoder.generate(prefix, tokens, engine.params, generator=torch.Generator().manual_seed(0),
+                                     first_block=8, cached=engine.prefix_kv(voice))
+    next(blocks)
+    t0 = time.perf_counter()
+    rest = sum(len(b) for b in blocks)
+    return (time.perf_counter() - t0) / rest if rest else float("nan")
+
+
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
@@ -222,14 +233,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
     weights = weight_bytes(decoder)
 
     def t3_step() -> float:
-        """Seconds per decoded token over a `tokens` request (after the first block)."""
-        gen = torch.Generator().manual_seed(0)
-        blocks = decoder.generate(prefix, tokens, engine.params, generator=gen, first_block=8,
-                                  cached=engine.prefix_kv(voice))
-        next(blocks)  # the prefill and first block: not a step's cost
-        t0 = time.perf_counter()
-        rest = sum(len(b) for b in blocks)
-        return (time.perf_counter() - t0) / max(1, rest) if rest else float("nan")
+        return t3_step_s(engine, voice, prefix, tokens)
 
     def window(new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a streamed chunk of `new` tokens runs: token ids, the flow's frames, HiFT's mels."""

@@ -21,12 +21,12 @@ alone (a T3 step on one core, as the pipelined decoder runs), for scale.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.parts import t3_step_s
 from bench.stats import Summary
 
 TEXT = "The front door is open."
@@ -51,17 +51,9 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int) -> dict[str, A
         assert stats.first_chunk_s is not None
         return stats.first_chunk_s
 
-    def t3_step() -> float:
-        blocks = engine.decoder.generate(prefix, tokens, engine.params, generator=torch.Generator().manual_seed(0),
-                                         first_block=8, cached=engine.prefix_kv(voice))
-        next(blocks)  # the prefill and first block: not a step's cost
-        t0 = time.perf_counter()
-        rest = sum(len(b) for b in blocks)
-        return (time.perf_counter() - t0) / max(1, rest)
-
     def measure(n_threads: int) -> tuple[float, float]:
         torch.set_num_threads(n_threads)
-        return first_chunk(), t3_step()
+        return first_chunk(), t3_step_s(engine, voice, prefix, tokens)
 
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in ARRANGEMENTS}
     one_core: list[float] = []
