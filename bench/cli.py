@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
     t3 = sub.add_parser("t3", help="T3 step per family: upstream loop vs ours (eager, compiled) vs the "
                                    "weight-read floor")
     t3.add_argument("--families", type=_families, default=None, help=families_help)
-    t3.add_argument("--dtypes", default="float32,bfloat16,int8")
+    t3.add_argument("--dtypes", default="float32,bfloat16,int8,int4")
     t3.add_argument("--steps", type=int, default=16)
     t3.add_argument("--repeats", type=int, default=5)
     t3.add_argument("--vs-fp32-steps", type=int, default=32,

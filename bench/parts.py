@@ -17,7 +17,8 @@ inline), `repeats` times each, interleaved:
   against int8 dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported
   from the same module; only where `onnxruntime` is installed), each with its relative error to
   the served output; T3's linears (one decoded token through every backbone projection) in fp32,
-  fbgemm's dynamic int8 (served on a CPU), torch's weight-only int8 and int4 kernels.
+  ONNX Runtime's blocked int8 and int4 (served on a CPU), fbgemm's dynamic int8, torch's
+  weight-only int8 and int4 kernels.
 - **pipelined bound**: on a CPU the engine decodes T3 on `t3_threads` cores while the vocoder uses
   the rest, so the steady RTF cannot be below the slower side's (at the largest chunk); inline,
   the two sides add up.
@@ -199,8 +200,24 @@ def t3_linear_candidates(decoder: Any, repeats: int) -> dict[str, Any]:
         return [lambda p=p, sz=sz, k=k: torch.ops.aten._weight_int4pack_mm_for_cpu(inputs[k], p, group, sz)
                 for p, sz, k in packed]
 
+    def onnx_blocks(quant: str) -> list[Any]:
+        from tts.quantized import BITS, Graph, Segment
+
+        segments = []
+        for w in weights:
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            lin.weight.data.copy_(w)
+            g = Graph(BITS[quant])
+            g.output(g.linear(g.input("x", lin.in_features), lin), "y", lin.out_features)
+            segments.append((Segment(g, ("y",)), lin.in_features))
+        return [lambda s=s, k=k: s.run(x=inputs[k]) for s, k in segments]
+
     measure("fp32", fp32)
-    measure("int8 dynamic (fbgemm, served)", fbgemm_int8)
+    measure("int8 blocks of 32, one product per call (ONNX Runtime; served fused per layer)",
+            lambda: onnx_blocks("int8"))
+    measure("int4 blocks of 32, one product per call (ONNX Runtime; served fused per layer)",
+            lambda: onnx_blocks("int4"))
+    measure("int8 dynamic (fbgemm)", fbgemm_int8)
     measure("int8 weight-only (_weight_int8pack_mm)", weight_only_int8)
     measure("int4 weight-only, groups of 32 (_weight_int4pack_mm_for_cpu)", weight_only_int4)
     return rows

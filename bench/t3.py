@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from bench.stats import Summary, timed
+from tts.config import QUANTIZED_WEIGHTS
 
 TEXTS = {"en": "The front door is open, and the kitchen lights are still on.",
          "de": "Die Haustür ist offen, und in der Küche brennt noch Licht."}
@@ -65,11 +66,11 @@ class _Case:
                             prompt_tokens=None, device=torch.device("cpu"))
         return voice.cond_emb
 
-    def decoder(self, t3: Any, dtype: torch.dtype, int8: bool = False, compile: bool = False) -> Any:
+    def decoder(self, t3: Any, dtype: torch.dtype, quant: str | None = None, compile: bool = False) -> Any:
         from tts.t3 import T3Decoder, prefix_length
 
         max_len = prefix_length(self.family, t3.hp, len(self.raw_ids) + 2) + self.max_tokens + 1
-        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, int8=int8, compile=compile)
+        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, quant=quant, compile=compile)
 
     def params(self, **overrides: Any) -> Any:
         from tts.t3 import SamplingParams
@@ -144,33 +145,39 @@ def ours_loop(decoder: Any, prefix: torch.Tensor, params: Any) -> Loop:
     return run
 
 
-def _step_linears(decoder: Any) -> list[Any]:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
-
-    linears = [m for m in decoder.backbone.layers.modules()
-               if isinstance(m, (torch.nn.Linear, DynamicQuantLinear))]
-    return [*linears, decoder.t3.speech_head]
-
-
-def _floor(decoder: Any, dtype: torch.dtype, int8: bool) -> float:
-    """Read every weight a step reads once: all backbone linears and the speech head, batch = decoding rows."""
-    linears = _step_linears(decoder)
-    x_dtype = torch.float32 if int8 else dtype
-    inputs = {m.in_features: torch.randn(decoder.rows, m.in_features, dtype=x_dtype) for m in linears}
+def _floor(decoder: Any, dtype: torch.dtype) -> float:
+    """Read every weight a step reads once, batch = decoding rows, in the format the step reads it in:
+    the backbone's linears (or, quantised, its ONNX segments: their products plus a few norms) and
+    the speech head."""
+    rows, dim = decoder.rows, decoder.t3.speech_head.in_features
+    head = decoder.t3.speech_head
+    quantized = decoder.quantized
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        for m in linears:
-            m(inputs[m.in_features])
+        if quantized is None:
+            linears = [m for m in decoder.backbone.layers.modules() if isinstance(m, torch.nn.Linear)]
+            inputs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in linears}
+            t0 = time.perf_counter()
+            for m in linears:
+                m(inputs[m.in_features])
+        else:
+            x = torch.randn(rows, dim)
+            attended = torch.randn(rows, decoder.q_size)
+            t0 = time.perf_counter()
+            quantized.entry(x)
+            for i in range(decoder.n_layers):
+                quantized.after_attention(i, x, attended)
+        head(torch.randn(rows, dim, dtype=head.weight.dtype))
         return time.perf_counter() - t0
 
 
 def weight_bytes(decoder: Any) -> int:
-    total = 0
-    for m in _step_linears(decoder):
+    head = decoder.t3.speech_head.weight
+    total = int(head.numel() * head.element_size())
+    if decoder.quantized is not None:
+        return total + int(decoder.quantized.weight_bytes)
+    for m in decoder.backbone.layers.modules():
         if isinstance(m, torch.nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
-        elif hasattr(m, "_packed_params"):  # dynamic-quantized: int8 weights
-            total += m.in_features * m.out_features
+            total += int(m.weight.numel() * m.weight.element_size())
     return total
 
 
@@ -183,6 +190,9 @@ def _numeric_cost(case: _Case, decoder: Any, prefix: torch.Tensor, reference: di
         "max_abs_logit_error": float((logits - ref).abs().max()),
         "logit_scale": float(ref.abs().max()),
         "greedy_agreement": float((logits.argmax(-1) == ref.argmax(-1)).float().mean()),
+        # How far the next-token distribution moves (nats, mean over steps): what sampling sees.
+        "mean_kl": float(torch.nn.functional.kl_div(logits.log_softmax(-1), ref.log_softmax(-1), log_target=True,
+                                                    reduction="none").sum(-1).mean()),
         "steps": len(tokens),
     }
 
@@ -205,7 +215,7 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
     from tts.t3 import cast_for_decoding
 
     fam = case.family
-    ref_t3 = case.load_t3()  # fp32, upstream's layers intact: the reference, upstream's fp32 loop, int8's source
+    ref_t3 = case.load_t3()  # fp32, upstream's layers intact: the reference, upstream's fp32 loop, int8/int4's source
     cond_emb = case.cond_emb(ref_t3)
     reference = _fp32_reference(case, ref_t3, cond_emb, vs_fp32_steps)
     entry: dict[str, Any] = {
@@ -215,20 +225,20 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
     upstream_fp32: list[float] = []
     upstream_fp32_error: str | None = None
     for name in dtypes:
-        int8 = name == "int8"
-        dtype = torch.float32 if int8 else getattr(torch, name)
-        if int8 or dtype == torch.float32:
-            t3 = ref_t3  # the decoder copies (and int8 quantises) its own backbone weights
+        quant = name if name in QUANTIZED_WEIGHTS else None
+        dtype = torch.float32 if quant else getattr(torch, name)
+        if quant or dtype == torch.float32:
+            t3 = ref_t3  # the decoder copies (and quantises) its own backbone weights
         else:
             t3 = case.load_t3()
             cast_for_decoding(t3, dtype)
-        eager = case.decoder(t3, dtype, int8=int8)
+        eager = case.decoder(t3, dtype, quant=quant)
         text_ids = eager.text_ids(case.raw_ids)
         prefix = eager.prefix_embeds(cond_emb, text_ids)
         params = case.params()
         entry.update(rows=eager.rows, layers=eager.n_layers)
         compiled, compile_s = None, None
-        if compile and not int8:
+        if compile and not quant:
             compiled = case.decoder(t3, dtype, compile=True)
             t0 = time.perf_counter()
             compiled.warm_up(prefix.shape[1], steps + 1, params)
@@ -236,8 +246,8 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
             compile_s = time.perf_counter() - t0
         samples: dict[str, list[float]] = {"upstream": [], "eager": [], "compiled": [], "floor": []}
         upstream_error = None
-        # Upstream has no int8 path; fp32 is how it runs on a CPU, and also tried in this dtype.
-        up = upstream_loop(case, t3, text_ids, dtype) if upstream and not int8 else None
+        # Upstream has no int8/int4 path; fp32 is how it runs on a CPU, and also tried in this dtype.
+        up = upstream_loop(case, t3, text_ids, dtype) if upstream and not quant else None
         ours = {"eager": ours_loop(eager, prefix, params)}
         if compiled is not None:
             ours["compiled"] = ours_loop(compiled, prefix, params)
@@ -249,7 +259,7 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
                 up(2)
             except Exception as exc:  # upstream's loop may not support this dtype
                 upstream_error = _err(exc)
-        _floor(eager, dtype, int8)
+        _floor(eager, dtype)
         for _ in range(repeats):
             if up is not None and upstream_error is None:
                 try:
@@ -258,8 +268,8 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
                     upstream_error = _err(exc)
             for variant, loop in ours.items():
                 samples[variant].append(step_time(loop, steps))
-            samples["floor"].append(_floor(eager, dtype, int8))
-        if dtype == torch.float32 and not int8:
+            samples["floor"].append(_floor(eager, dtype))
+        if dtype == torch.float32 and not quant:
             upstream_fp32, upstream_fp32_error = samples["upstream"], upstream_error
         summary = {k: Summary.of(v) for k, v in samples.items() if v}
         floor = summary["floor"].median
@@ -276,8 +286,8 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
         d["vs_fp32"] = _numeric_cost(case, eager, prefix, reference)
         if compile_s is not None:
             d["compile_s"] = compile_s
-        if compile and int8:
-            d["compiled_error"] = "not for int8: fbgemm's dynamic-quantized linears cannot be traced"
+        if compile and quant:
+            d["compiled_error"] = f"not for {quant}: its layers run in ONNX Runtime, which torch.compile cannot trace"
         entry["dtypes"][name] = d
         del t3, eager, compiled
         gc.collect()
@@ -310,6 +320,7 @@ def _best(d: dict[str, Any]) -> tuple[str, float]:
 
 def targets(families: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 11's targets for Turbo's step, where this run measured what they need."""
+    from tts.families import family
     from tts.loading import pick_dtype
 
     turbo = families.get("turbo")
@@ -323,8 +334,8 @@ def targets(families: dict[str, Any]) -> list[dict[str, Any]]:
             value = seconds / d["floor"]["median"]
             out.append({"what": f"turbo {dtype} step ({variant}) / its weight-read floor", "value": value,
                         "limit": f"<= {limit}", "met": value <= limit})
-    served, int8 = pick_dtype("auto", torch.device("cpu"))
-    default = "int8" if int8 else str(served).removeprefix("torch.")
+    served, quant = pick_dtype("auto", torch.device("cpu"), family("turbo"))
+    default = quant or str(served).removeprefix("torch.")
     d = turbo["dtypes"].get(default)
     if d is not None and "upstream_fp32" in turbo:
         variant, seconds = _best(d)

@@ -65,7 +65,7 @@ def test_after_warm_up_requests_do_not_compile(checkpoint_dir: Path, tmp_path: P
 
 
 # Compiled against eager T3 decoding, fp32, on one upstream module (the default family, Turbo; the
-# engine fixture's int8 T3 cannot compile). Turbo's prefix is ~385 positions: with a 512-slot
+# engine fixture's quantised T3 cannot compile). Turbo's prefix is ~385 positions: with a 512-slot
 # cache and STEPS tokens every step falls in one KV bucket, so this compiles one graph per function.
 STEPS = 40
 MAX_LEN = 512

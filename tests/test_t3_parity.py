@@ -142,8 +142,8 @@ def test_prefill_after_the_cached_prefix_matches_the_full_prefill(case: Case) ->
 
 
 @torch.inference_mode()
-def test_bf16_and_int8_decoders_stay_within_their_tolerance_of_fp32(case: Case) -> None:
-    """Teacher-forced on fp32's greedy tokens: bf16 and int8 logits within stated bounds of fp32's."""
+def test_bf16_int8_and_int4_decoders_stay_within_their_tolerance_of_fp32(case: Case) -> None:
+    """Teacher-forced on fp32's greedy tokens: bf16, int8 and int4 logits within stated bounds of fp32's."""
     from tts.t3 import cast_for_decoding
 
     fp32 = case.decoder()
@@ -154,13 +154,16 @@ def test_bf16_and_int8_decoders_stay_within_their_tolerance_of_fp32(case: Case) 
     decoder_type = type(fp32)
     del fp32  # each decoder holds its own copy of the layer weights: free one before the next
     gc.collect()
-    # Stated tolerances (logits span about +-30 on these checkpoints): int8 (dynamic, per-channel) max
-    # error 5 and >= 60% argmax agreement; bf16 max error 1.5 and >= 80%. bench t3 reports the values.
-    if TEST_DEVICE == "cpu":  # fbgemm's dynamic int8 linears are CPU-only
-        int8 = case.decoder(int8=True)
-        _assert_close(int8.score(prefix, tokens, cfg_weight=weight).float(), reference, 5.0, 0.6)
-    del int8
-    gc.collect()
+    # Stated tolerances (logits span about +-30 on these checkpoints; `chatterd bench t3` reports
+    # the values): int8 in blocks of 32 max error 1.5 and >= 85% argmax agreement (0.5-0.8 and
+    # 97% measured); int4 in blocks of 32 max error 12 and >= 35% (5-9, 47-69% measured: with CFG
+    # its error grows, which is why only Turbo takes it by default); bf16 max error 1.5 and >= 80%.
+    if TEST_DEVICE == "cpu":  # the quantised layers are a CPU path
+        for quant, max_error, agreement in (("int8", 1.5, 0.85), ("int4", 12.0, 0.35)):
+            quantized = case.decoder(quant=quant)
+            _assert_close(quantized.score(prefix, tokens, cfg_weight=weight).float(), reference, max_error, agreement)
+            del quantized
+            gc.collect()
     t3 = load_t3(case.checkpoint, case.family.name)  # a copy: the cast is in place
     cast_for_decoding(t3, torch.bfloat16)
     bf16 = decoder_type(t3, case.family, dtype=torch.bfloat16, max_len=768)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 from tts.families import DEFAULT_FAMILY, FAMILIES
 
+# T3 weight formats on a CPU (`dtype`), beside the float dtypes: tts.t3.quantize_linears makes them.
+QUANTIZED_WEIGHTS = ("int8", "int4")
+
 
 @dataclass(frozen=True)
 class TTSConfig:
@@ -21,7 +24,8 @@ class TTSConfig:
     language: str | None = None
     # "auto" picks cuda when available, else cpu.
     device: str = "auto"
-    # T3 weight dtype: auto | float32 | bfloat16 | float16 | int8 (int8 = dynamic-quantized linears, CPU).
+    # T3 weight dtype: auto | float32 | bfloat16 | float16 | int8 | int4 (int8/int4: weights in blocks
+    # of 32 run by ONNX Runtime, CPU only; auto = the family's cpu_weights on a CPU, bf16/fp16 on CUDA).
     dtype: str = "auto"
     # Named voices: name -> reference wav (5-10 s of clean speech). The checkpoint's own voice is "default".
     voices: dict[str, str] = field(default_factory=dict)
@@ -98,8 +102,8 @@ class TTSConfig:
              if self.model in FAMILIES else ""),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "device must be auto, cpu, cuda or cuda:N"),
-            (self.dtype in ("auto", "float32", "bfloat16", "float16", "int8"),
-             "dtype must be auto, float32, bfloat16, float16 or int8"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16", *QUANTIZED_WEIGHTS),
+             f"dtype must be auto, float32, bfloat16, float16, {' or '.join(QUANTIZED_WEIGHTS)}"),
             (unset_or(self.temperature, (self.temperature or 0) > 0), "temperature must be > 0"),
             (unset_or(self.cfg_weight, (self.cfg_weight or 0) >= 0), "cfg_weight must be >= 0"),
             (unset_or(self.exaggeration, 0 <= (self.exaggeration or 0) <= 2), "exaggeration must be in 0..2"),
@@ -109,9 +113,9 @@ class TTSConfig:
             (self.max_tokens_per_char > 0, "max_tokens_per_char must be > 0"),
             (self.max_speech_tokens >= 1, "max_speech_tokens must be >= 1"),
             (self.max_text_tokens >= 8, "max_text_tokens must be >= 8"),
-            (not (self.compile and self.dtype == "int8"),
-             "compile cannot be used with dtype int8: its fbgemm int8 kernels cannot be traced by "
-             "torch.compile (and are already fused); use compile: false, or a float dtype"),
+            (not (self.compile and self.dtype in QUANTIZED_WEIGHTS),
+             f"compile cannot be used with dtype {self.dtype}: its layers run in ONNX Runtime, "
+             "which torch.compile cannot trace; use compile: false, or a float dtype"),
             (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 = off) or null"),
             (not (self.model in FAMILIES and FAMILIES[self.model].flow.meanflow and (self.flow_cfg_rate or 0) > 0),
              "flow_cfg_rate must be 0 or null for the turbo model: its meanflow decoder has CFG distilled in"),

@@ -91,7 +91,7 @@ class StreamingTTS:
         # The longest prefix: conditioning + the longest text (+ its markers) + the BOS embeddings.
         max_prefix = prefix_length(fam, model.t3.hp, config.max_text_tokens + 2)
         self.decoder = T3Decoder(model.t3, fam, dtype=model.dtype, max_len=max_prefix + config.max_speech_tokens,
-                                 int8=model.int8, compile=config.compile)
+                                 quant=model.quant, compile=config.compile)
         self.decoder.release_upstream_layers()
         # Each voice's conditioning K/V (and with CFG its unconditional row's text positions),
         # computed once (at load for the configured voices): a request's prefill starts at its text.
@@ -152,7 +152,7 @@ class StreamingTTS:
         """What this engine runs with, resolved (for the start-up log line and benches)."""
         return {
             "model": self.family.name, "profile": self.resolved.profile, "device": str(self.device),
-            "t3": "int8" if self.loaded.int8 else str(self.dtype).removeprefix("torch."),
+            "t3": self.loaded.quant or str(self.dtype).removeprefix("torch."),
             "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
@@ -221,6 +221,10 @@ class StreamingTTS:
                 progress=lambda k, _: _report(progress, len(t3_buckets) + k, total, "flow estimator window"))
             log.info("warm-up: flow estimator run at %d window lengths%s", n, " (compiled)" if cfg.compile else "")
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
+        if self.decoder.quantized is not None:
+            # ONNX Runtime sessions for each thread count T3 runs at (all cores, its pipelined share).
+            split = self.thread_split() if self.pipelined else None
+            self.decoder.quantized.warm(torch.get_num_threads(), *(split[:1] if split else ()))
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."

@@ -91,6 +91,8 @@ class Family:
     min_reference_seconds: float = 1.0
     reference_lufs: float | None = None  # loudness a reference is normalised to first (None: as is)
     hub_extras: tuple[str, ...] = ()  # fetched from the hub too where the repository has them
+    # T3's weight format when `tts.dtype` is auto on a CPU (tts.quantized: int8 or int4 blocks).
+    cpu_weights: str = "int8"
 
     @property
     def default_language(self) -> str:
@@ -172,6 +174,10 @@ TURBO = Family(
     min_reference_seconds=5.0,
     reference_lufs=-27.0,
     hub_extras=("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"),
+    # int4 weights: a step in about 0.7x int8's time, the logits further from fp32's (`chatterd bench
+    # t3`: mean KL 0.3 nats against int8's 0.003 on random weights; llama.cpp's q4_0 is the same
+    # format). With CFG the error grows (0.8-1.2 nats): the original and multilingual keep int8.
+    cpu_weights="int4",
 )
 
 # The original's architecture (Llama T3 with CFG, its prefix layout, its flow decoder) with its own

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tts.checkpoint import is_random_checkpoint, load_weights, resolve_checkpoint
-from tts.config import TTSConfig
+from tts.config import QUANTIZED_WEIGHTS, TTSConfig
 from tts.errors import DeviceError, VoiceError
 from tts.families import Family, family
 from tts.profiles import Settings, resolve
@@ -38,7 +38,7 @@ class LoadedModel:
     voices: VoiceBank
     device: torch.device
     dtype: torch.dtype  # T3's compute dtype
-    int8: bool  # T3's linear layers dynamically quantised
+    quant: str | None  # T3's linears quantised: int8 | int4 (tts.t3.quantize_linears), None = float
     checkpoint_dir: Path
     settings: Settings  # the device profile's choices where the config left them null
 
@@ -73,18 +73,19 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
-    """(T3 compute dtype, int8 weights?). auto: bf16 on CUDA with bf16 support, fp16 on older
-    CUDA; on a CPU int8 weights (T3 is bound by reading its weights: int8 reads a quarter of fp32's)."""
-    if name == "int8":
+def pick_dtype(name: str, device: torch.device, fam: Family) -> tuple[torch.dtype, str | None]:
+    """(T3 compute dtype, quantised weight format or None). auto: bf16 on CUDA with bf16 support,
+    fp16 on older CUDA; on a CPU the family's `cpu_weights` (int8 or int4 blocks: T3 is bound by
+    reading its weights, int8 reads a quarter of fp32's bytes, int4 an eighth)."""
+    if name in QUANTIZED_WEIGHTS:
         if device.type != "cpu":
-            raise DeviceError("tts.dtype int8 is a CPU path; use bfloat16 or float16 on CUDA")
-        return torch.float32, True
+            raise DeviceError(f"tts.dtype {name} is a CPU path; use bfloat16 or float16 on CUDA")
+        return torch.float32, name
     if name != "auto":
-        return getattr(torch, name), False
+        return getattr(torch, name), None
     if device.type == "cuda":
-        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), False
-    return torch.float32, True
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), None
+    return torch.float32, fam.cpu_weights
 
 
 def pick_vocoder_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -108,7 +109,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
         # Inductor's compiled kernels survive restarts here instead of under /tmp.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir).resolve() / "inductor"))
     device = pick_device(config.device)
-    dtype, int8 = pick_dtype(config.dtype, device)
+    dtype, quant = pick_dtype(config.dtype, device, fam)
     settings = resolve(config, fam, device)
     ckpt = resolve_checkpoint(config.checkpoint, fam)
     t0 = time.perf_counter()
@@ -145,9 +146,9 @@ def load_model(config: TTSConfig) -> LoadedModel:
     del ve  # only needed to prepare voices
 
     # Conditioning ran in fp32 above; now the decoding weights take their serving dtype.
-    if not int8 and dtype != torch.float32:
+    if quant is None and dtype != torch.float32:
         cast_for_decoding(t3, dtype)
-    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices, unusable), device, dtype, int8, ckpt, settings)
+    model = LoadedModel(fam, t3, s3gen, tokenizer, VoiceBank(voices, unusable), device, dtype, quant, ckpt, settings)
     log.info("loaded the %s model from %s in %.1f s%s", fam.name, ckpt, time.perf_counter() - t0,
              " (RANDOM WEIGHTS: output is noise)" if model.random_weights else "")
     return model

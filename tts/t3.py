@@ -19,13 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tts.families import Family, Sampling
+
+if TYPE_CHECKING:
+    from tts.quantized import Graph, QuantizedLayers
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,10 @@ class _Layer(Protocol):
 
     def finish(self, x: Tensor, attended: Tensor) -> Tensor: ...
 
+    def onnx_project(self, g: Graph, x: str) -> str: ...
+
+    def onnx_finish(self, g: Graph, x: str, attended: str) -> str: ...
+
 
 class _LlamaLayer(nn.Module):
     """One Llama layer with fused projections: QKV in one matmul, gate+up in another.
@@ -174,6 +181,16 @@ class _LlamaLayer(nn.Module):
         out: Tensor = x + self.down(F.silu(gate) * up)
         return out
 
+    def onnx_project(self, g: Graph, x: str) -> str:
+        """`project` as ONNX nodes (tts.quantized): RMSNorm in fp32, then the fused QKV product."""
+        return g.linear(g.rms_norm(x, self.ln1, self.eps), self.qkv)
+
+    def onnx_finish(self, g: Graph, x: str, attended: str) -> str:
+        """`finish` as ONNX nodes: output projection + residual, SwiGLU over gate|up + residual."""
+        x = g.op("Add", x, g.linear(attended, self.o))
+        gate, up = g.halves(g.linear(g.rms_norm(x, self.ln2, self.eps), self.gate_up))
+        return g.op("Add", x, g.linear(g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up), self.down))
+
 
 class _GPT2Layer(nn.Module):
     """One GPT-2 block (pre-LayerNorm, fused c_attn, tanh-GELU MLP) over upstream's weights."""
@@ -197,6 +214,14 @@ class _GPT2Layer(nn.Module):
         x = x + self.o(attended)
         out: Tensor = x + self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))  # gelu_new
         return out
+
+    def onnx_project(self, g: Graph, x: str) -> str:
+        return g.linear(g.layer_norm(x, self.ln1), self.qkv)
+
+    def onnx_finish(self, g: Graph, x: str, attended: str) -> str:
+        x = g.op("Add", x, g.linear(attended, self.o))
+        hidden = g.op("Gelu", g.linear(g.layer_norm(x, self.ln2), self.fc), approximate="tanh")
+        return g.op("Add", x, g.linear(hidden, self.proj))
 
 
 def _copy_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
@@ -301,6 +326,31 @@ def prefix_length(family: Family, hp: Any, text_positions: int) -> int:
     return cond_positions(hp) + text_positions + family.bos_repeats
 
 
+def quantize_layers(layers: nn.ModuleList, quant: str) -> QuantizedLayers:
+    """The backbone's layers as ONNX Runtime segments with blocked int8 or int4 weights (`tts.quantized`),
+    for a CPU; the decoder runs them instead of the layers' own linears, whose weights are dropped.
+    Attention, the KV cache and sampling stay in torch, in fp32."""
+    from tts.quantized import QuantizedLayers
+
+    quantized = QuantizedLayers(list(layers), quant)
+    for layer in layers:  # their weights live in the segments now
+        for name, child in list(layer.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(layer, name, _Dropped(child.in_features, child.out_features))
+    return quantized
+
+
+class _Dropped(nn.Module):
+    """A linear whose weights moved into tts.quantized's segments: keeps its shape, refuses to run."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("this layer's weights are quantised into ONNX segments (tts.quantized)")
+
+
 class T3Decoder:
     """Decodes speech tokens from upstream T3 weights with a static cache of `max_len` positions.
 
@@ -308,7 +358,7 @@ class T3Decoder:
     classifier-free-guidance rows (conditional, empty text) or one.
     """
 
-    def __init__(self, t3: Any, family: Family, *, dtype: torch.dtype, max_len: int, int8: bool = False,
+    def __init__(self, t3: Any, family: Family, *, dtype: torch.dtype, max_len: int, quant: str | None = None,
                  compile: bool = False) -> None:
         # `t3`: upstream's chatterbox T3 module (untyped, so Any at this boundary).
         self.t3 = t3
@@ -321,12 +371,8 @@ class T3Decoder:
         self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
         self.backbone = Backbone.of(t3, dtype, self.max_len)
         self.n_layers = len(self.backbone.layers)
-        if int8:
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            # int8 weights (one scale per output channel: per-tensor scales lose the small rows),
-            # activations quantised per call; attention, norms and sampling stay fp32.
-            quantize_dynamic(self.backbone.layers, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        self.quant = quant
+        self.quantized = quantize_layers(self.backbone.layers, quant) if quant is not None else None
         bb = self.backbone
         self.q_size = bb.n_heads * bb.head_dim
         self.kv_size = bb.n_kv_heads * bb.head_dim
@@ -385,10 +431,15 @@ class T3Decoder:
             # Decode (bucketed) or a prefill after a cached prefix: attend over kv_len slots,
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
+        quantized = self.quantized
+        # Fused q|k|v of the next layer: ONNX segments compute it with the previous layer's rest.
+        qkv = quantized.entry(x) if quantized is not None else None
         for i, layer in enumerate(bb.typed_layers()):
             k_cache = self.k_cache[i] if rows is None else self.k_cache[i, rows]  # (B, H, max_len, D)
             v_cache = self.v_cache[i] if rows is None else self.v_cache[i, rows]
-            q, k, v = torch.split(layer.project(x), [self.q_size, self.kv_size, self.kv_size], dim=-1)
+            if qkv is None:
+                qkv = layer.project(x)
+            q, k, v = torch.split(qkv, [self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(bsz, seq, bb.n_heads, bb.head_dim).transpose(1, 2)  # (B, H, S, D)
             k = k.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
             v = v.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
@@ -402,7 +453,11 @@ class T3Decoder:
                 values = v_cache[:, :, :kv_len]
                 attend = _one_query_attention if seq == 1 else F.scaled_dot_product_attention
                 o = attend(q, keys, values, attn_mask=mask)  # mask None: all visible
-            x = layer.finish(x, o.transpose(1, 2).reshape(bsz, seq, -1))
+            attended = o.transpose(1, 2).reshape(bsz, seq, -1)
+            if quantized is not None:
+                x, qkv = quantized.after_attention(i, x, attended)
+            else:
+                x, qkv = layer.finish(x, attended), None
         return bb.final(x)
 
     def _logits(self, hidden: Tensor) -> Tensor:
