@@ -221,10 +221,6 @@ class StreamingTTS:
                 progress=lambda k, _: _report(progress, len(t3_buckets) + k, total, "flow estimator window"))
             log.info("warm-up: flow estimator run at %d window lengths%s", n, " (compiled)" if cfg.compile else "")
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
-        if self.decoder.quantized is not None:
-            # ONNX Runtime sessions for each thread count T3 runs at (all cores, its pipelined share).
-            split = self.thread_split() if self.pipelined else None
-            self.decoder.quantized.warm(torch.get_num_threads(), *(split[:1] if split else ()))
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."

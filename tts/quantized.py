@@ -12,14 +12,14 @@ projection. A decode step makes n_layers + 1 calls instead of four per layer, an
 activations and residual adds leave torch's per-operator overhead behind. Attention and the
 KV cache stay in torch (`tts.t3`).
 
-ONNX Runtime's thread pool is its own, not OpenMP, so it adds no OpenMP team (`daemon.engine`).
-A segment runs with the torch thread count of the calling thread: sessions are made per count on
-first use (the pipelined engine decodes its first block on every core and the rest on one).
+The segments run single-threaded on the calling thread: no thread pool of ONNX Runtime's beside
+torch's OpenMP team (`daemon.engine`), and the same arithmetic on every thread count, so the
+pipelined engine's tokens do not depend on how it splits the cores. Attention still uses every
+core T3 has.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -146,34 +146,23 @@ def quantize_weight(weight: Tensor, bits: int) -> tuple[npt.NDArray[Any], npt.ND
 
 
 class Segment:
-    """One ONNX graph between two attentions; `run(**inputs)` on the calling thread's thread count."""
+    """One ONNX graph between two attentions, run on the calling thread (`run(**inputs)`)."""
 
     def __init__(self, graph: Graph, outputs: tuple[str, ...]) -> None:
-        self._model = graph.serialize()
+        _, ort = _onnx()
         self.outputs = outputs
         self.weight_bytes = sum(int(np.prod(t.dims)) * (1 if t.data_type == 2 else 4) for t in graph.inits)
-        self._sessions: dict[int, Any] = {}
-        self._lock = threading.Lock()
-
-    def session(self, threads: int) -> Any:
-        session = self._sessions.get(threads)
-        if session is None:
-            with self._lock:
-                session = self._sessions.get(threads)
-                if session is None:
-                    _, ort = _onnx()
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads = threads
-                    options.inter_op_num_threads = 1
-                    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                    session = ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
-                    self._sessions[threads] = session
-        return session
+        options = ort.SessionOptions()
+        # One thread, no pool: a pool's workers spin between runs, and beside torch's OpenMP team
+        # on two cores that made a step 25x slower; a second thread bought nothing measurable.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(graph.serialize(), options, providers=["CPUExecutionProvider"])
 
     def run(self, **inputs: Tensor) -> list[Tensor]:
         feeds = {k: v.reshape(-1, v.shape[-1]).float().contiguous().numpy() for k, v in inputs.items()}
-        outs = self.session(torch.get_num_threads()).run(self.outputs, feeds)
-        return [torch.from_numpy(o) for o in outs]
+        return [torch.from_numpy(o) for o in self._session.run(self.outputs, feeds)]
 
 
 class QuantizedLayers:
@@ -216,9 +205,3 @@ class QuantizedLayers:
         outs = self.segments[i].run(x=x, attended=attended)
         lead = x.shape[:-1]
         return outs[0].view(*lead, -1), (outs[1].view(*lead, -1) if len(outs) > 1 else None)
-
-    def warm(self, *thread_counts: int) -> None:
-        """Make every segment's sessions for these thread counts now (each prepacks its weights)."""
-        for segment in (self.entry_segment, *self.segments):
-            for threads in thread_counts:
-                segment.session(threads)
