@@ -12,14 +12,15 @@ projection. A decode step makes n_layers + 1 calls instead of four per layer, an
 activations and residual adds leave torch's per-operator overhead behind. Attention and the
 KV cache stay in torch (`tts.t3`).
 
-The segments run single-threaded on the calling thread: no thread pool of ONNX Runtime's beside
+A decode step's segments run single-threaded on the calling thread: no ONNX Runtime pool beside
 torch's OpenMP team (`daemon.engine`), and the same arithmetic on every thread count, so the
 pipelined engine's tokens do not depend on how it splits the cores. Attention still uses every
-core T3 has.
+core T3 has; a prefill's segments too (`Segment`).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -145,24 +146,48 @@ def quantize_weight(weight: Tensor, bits: int) -> tuple[npt.NDArray[Any], npt.ND
     return packed, scales
 
 
+# Rows (tokens x decoding rows) from which a call is a prefill: compute-bound, worth every core.
+_PREFILL_ROWS = 4
+
+
 class Segment:
-    """One ONNX graph between two attentions, run on the calling thread (`run(**inputs)`)."""
+    """One ONNX graph between two attentions, run on the calling thread (`run(**inputs)`).
+
+    A decode step (one or two rows) runs single-threaded: reading the weights is the cost and a
+    second thread bought nothing measurable. A prefill is compute-bound and runs on the calling
+    thread's torch thread count, through a session whose pool does not spin between runs: beside
+    torch's OpenMP team on two cores, a spinning pool made a two-thread step 25x slower.
+    """
 
     def __init__(self, graph: Graph, outputs: tuple[str, ...]) -> None:
-        _, ort = _onnx()
         self.outputs = outputs
         self.weight_bytes = sum(int(np.prod(t.dims)) * (1 if t.data_type == 2 else 4) for t in graph.inits)
+        self._model = graph.serialize()
+        self._sessions = {1: self._new_session(1)}
+        self._lock = threading.Lock()
+
+    def _new_session(self, threads: int) -> Any:
+        _, ort = _onnx()
         options = ort.SessionOptions()
-        # One thread, no pool: a pool's workers spin between runs, and beside torch's OpenMP team
-        # on two cores that made a step 25x slower; a second thread bought nothing measurable.
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(graph.serialize(), options, providers=["CPUExecutionProvider"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
+
+    def _session(self, rows: int) -> Any:
+        threads = torch.get_num_threads() if rows >= _PREFILL_ROWS else 1
+        session = self._sessions.get(threads)
+        if session is None:
+            with self._lock:  # made once per thread count, on the first prefill (at load)
+                session = self._sessions.get(threads) or self._new_session(threads)
+                self._sessions[threads] = session
+        return session
 
     def run(self, **inputs: Tensor) -> list[Tensor]:
         feeds = {k: v.reshape(-1, v.shape[-1]).float().contiguous().numpy() for k, v in inputs.items()}
-        return [torch.from_numpy(o) for o in self._session.run(self.outputs, feeds)]
+        rows = next(iter(feeds.values())).shape[0]
+        return [torch.from_numpy(o) for o in self._session(rows).run(self.outputs, feeds)]
 
 
 class QuantizedLayers:
