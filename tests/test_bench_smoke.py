@@ -67,8 +67,8 @@ def test_stream_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_t3_bench_smoke(tmp_path: Path) -> None:
-    argv = [*_checkpoint_args(), "--out", str(tmp_path), "t3", "--families", ",".join(FAMILIES), "--dtypes", "int8",
-            "--steps", "2", "--repeats", "1", "--vs-fp32-steps", "2", "--no-upstream"]
+    argv = [*_checkpoint_args(), "--out", str(tmp_path), "t3", "--families", ",".join(FAMILIES), "--dtypes",
+            "int8,int4", "--steps", "2", "--repeats", "1", "--vs-fp32-steps", "2", "--no-upstream"]
     assert main(argv) == 0
     (result,) = tmp_path.glob("t3-*.json")
     data = json.loads(result.read_text())
@@ -77,11 +77,14 @@ def test_t3_bench_smoke(tmp_path: Path) -> None:
     for name, rows in (("turbo", 1), ("original", 2)):
         family = data["families"][name]
         assert family["rows"] == rows
-        entry = family["dtypes"]["int8"]
-        assert math.isfinite(entry["eager"]["median"]) and entry["floor"]["median"] > 0
-        assert math.isfinite(entry["ratios"]["eager/floor"]) and entry["weight_gb"] > 0
-        assert 0 <= entry["vs_fp32"]["greedy_agreement"] <= 1
-        assert math.isfinite(entry["vs_fp32"]["max_abs_logit_error"])
+        for dtype in ("int8", "int4"):
+            entry = family["dtypes"][dtype]
+            assert math.isfinite(entry["eager"]["median"]) and entry["floor"]["median"] > 0
+            assert math.isfinite(entry["ratios"]["eager/floor"]) and entry["weight_gb"] > 0
+            assert 0 <= entry["vs_fp32"]["greedy_agreement"] <= 1
+            assert math.isfinite(entry["vs_fp32"]["max_abs_logit_error"]) and entry["vs_fp32"]["mean_kl"] >= 0
+        # int4 reads about half of int8's bytes (packed nibbles and the same block scales).
+        assert family["dtypes"]["int4"]["weight_gb"] < 0.7 * family["dtypes"]["int8"]["weight_gb"]
     assert any(t["what"].startswith("turbo int8") for t in data["targets"])
 
 
