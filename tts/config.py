@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tts.families import DEFAULT_FAMILY, FAMILIES
 
-# T3 weight formats on a CPU (`dtype`), beside the float dtypes: tts.t3.quantize_linears makes them.
+# T3 weight formats on a CPU (`dtype`), beside the float dtypes: tts.t3.quantize_layers makes them.
 QUANTIZED_WEIGHTS = ("int8", "int4")
 
 

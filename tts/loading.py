@@ -38,7 +38,7 @@ class LoadedModel:
     voices: VoiceBank
     device: torch.device
     dtype: torch.dtype  # T3's compute dtype
-    quant: str | None  # T3's linears quantised: int8 | int4 (tts.t3.quantize_linears), None = float
+    quant: str | None  # T3's linears quantised: int8 | int4 (tts.t3.quantize_layers), None = float
     checkpoint_dir: Path
     settings: Settings  # the device profile's choices where the config left them null
 
