@@ -209,7 +209,7 @@ def t3_linear_candidates(decoder: Any, repeats: int) -> dict[str, Any]:
             lin.weight.data.copy_(w)
             g = Graph(BITS[quant])
             g.output(g.linear(g.input("x", lin.in_features), lin), "y", lin.out_features)
-            segments.append((Segment(g, ("y",)), lin.in_features))
+            segments.append((Segment(g), lin.in_features))
         return [lambda s=s, k=k: s.run(x=inputs[k]) for s, k in segments]
 
     measure("fp32", fp32)

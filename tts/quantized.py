@@ -41,7 +41,7 @@ def _onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as exc:  # pragma: no cover - dependencies of the package
-        raise DeviceError("tts.dtype int4 needs onnx and onnxruntime (pip install onnx onnxruntime)") from exc
+        raise DeviceError("tts.dtype int8 and int4 need onnx and onnxruntime (pip install onnx onnxruntime)") from exc
     return onnx, onnxruntime
 
 
@@ -159,8 +159,8 @@ class Segment:
     torch's OpenMP team on two cores, a spinning pool made a two-thread step 25x slower.
     """
 
-    def __init__(self, graph: Graph, outputs: tuple[str, ...]) -> None:
-        self.outputs = outputs
+    def __init__(self, graph: Graph) -> None:
+        self.outputs = [o.name for o in graph.outputs]
         self.weight_bytes = sum(int(np.prod(t.dims)) * (1 if t.data_type == 2 else 4) for t in graph.inits)
         self._model = graph.serialize()
         self._sessions = {1: self._new_session(1)}
@@ -200,22 +200,19 @@ class QuantizedLayers:
             raise ValueError(f"unknown weight format {quant!r}: one of {', '.join(BITS)}")
         _onnx()
         bits = BITS[quant]
-        self.quant = quant
         first = Graph(bits)
         first.output(layers[0].onnx_project(first, first.input("x", layers[0].qkv.in_features)), "qkv",
                      layers[0].qkv.out_features)
-        self.entry_segment = Segment(first, ("qkv",))
+        self.entry_segment = Segment(first)
         self.segments: list[Segment] = []
         for i, layer in enumerate(layers):
             g = Graph(bits)
             width = layer.o.out_features
             x = layer.onnx_finish(g, g.input("x", width), g.input("attended", layer.o.in_features))
             g.output(x, "x_out", width)
-            outputs: tuple[str, ...] = ("x_out",)
             if i + 1 < len(layers):
                 g.output(layers[i + 1].onnx_project(g, x), "qkv", layers[i + 1].qkv.out_features)
-                outputs += ("qkv",)
-            self.segments.append(Segment(g, outputs))
+            self.segments.append(Segment(g))
 
     @property
     def weight_bytes(self) -> int:

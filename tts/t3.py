@@ -371,7 +371,6 @@ class T3Decoder:
         self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
         self.backbone = Backbone.of(t3, dtype, self.max_len)
         self.n_layers = len(self.backbone.layers)
-        self.quant = quant
         self.quantized = quantize_layers(self.backbone.layers, quant) if quant is not None else None
         bb = self.backbone
         self.q_size = bb.n_heads * bb.head_dim
