@@ -38,11 +38,12 @@ class Streamed:
 
 def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, schedule: ChunkSchedule,
                 flow_steps: int, context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float,
-                estimator: FlowEstimator | None = None) -> Streamed:
+                estimator: FlowEstimator | None = None, first_prompt_tokens: int | None = None) -> Streamed:
     generator = torch.Generator().manual_seed(seed)
     vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow=flow, flow_steps=flow_steps,
                                context_tokens=context_tokens, crossfade_ms=crossfade_ms, generator=generator,
-                               flow_cfg_rate=flow_cfg_rate, estimator=estimator)
+                               flow_cfg_rate=flow_cfg_rate, estimator=estimator,
+                               first_prompt_tokens=first_prompt_tokens)
     chunks: list[F32] = []
     available = 0
     while True:
@@ -127,7 +128,8 @@ def ref_dict_of(prompt: VoicePrompt) -> dict[str, Any]:
 
 def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, seed: int,
             flow_steps: int, context_tokens: int, crossfade_ms: float, schedule: tuple[int, int, float, int],
-            seed_chunk: int, seed_context: int, flow_cfg_rate: float) -> dict[str, Any]:
+            seed_chunk: int, seed_context: int, flow_cfg_rate: float,
+            first_prompt_tokens: int | None = None) -> dict[str, Any]:
     """Ours and the seed's method against one-shot vocoding of `tokens`; lower is better everywhere.
 
     `flow`: the family's flow decoder; `flow_steps`, `flow_cfg_rate` as the engine resolved them.
@@ -136,7 +138,7 @@ def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpe
                          flow_cfg_rate=flow_cfg_rate)
     ours = stream_ours(s3gen, prompt, tokens, flow=flow, schedule=ChunkSchedule(*schedule), flow_steps=flow_steps,
                        context_tokens=context_tokens, crossfade_ms=crossfade_ms, seed=seed,
-                       flow_cfg_rate=flow_cfg_rate)
+                       flow_cfg_rate=flow_cfg_rate, first_prompt_tokens=first_prompt_tokens)
     torch.manual_seed(seed)
     seed_method = stream_seed_method(s3gen, ref_dict_of(prompt), tokens, chunk_size=seed_chunk,
                                      context_window=seed_context)

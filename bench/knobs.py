@@ -30,6 +30,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "flow_steps=4": {"flow_steps": 4},
     "flow_cfg_rate=0": {"flow_cfg_rate": 0.0},
     "prompt_tokens=25": {"prompt_tokens": 25},
+    # The first chunk's prompt (first audio waits for that chunk): the whole prompt, and shorter.
+    "first_prompt_tokens=whole": {"first_prompt_tokens": 100_000},
+    "first_prompt_tokens=12": {"first_prompt_tokens": 12},
     "context_tokens=25": {"context_tokens": 25},
     "all fast knobs": {"flow_steps": 4, "flow_cfg_rate": 0.0, "prompt_tokens": 25, "context_tokens": 25,
                        "first_chunk_tokens": 8},
@@ -78,11 +81,12 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
         if cfg.vocoder_dtype == "bfloat16":  # a copy: the engine's fp32 estimator serves the others
             estimator = FlowEstimator(copy.deepcopy(engine.s3gen.flow.decoder.estimator), compile=False,
                                       dtype=torch.bfloat16)
-            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens), rows=1, device=engine.device)
+            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens, knobs.first_prompt_tokens),
+                              rows=1, device=engine.device)
         if cfg.compile:
             estimator = FlowEstimator(engine.s3gen.flow.decoder.estimator, compile=True)
             t0 = time.perf_counter()
-            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens),
+            estimator.warm_up(window_frames(prompt, context, cfg.max_chunk_tokens, knobs.first_prompt_tokens),
                               rows=2 if rate > 0 else 1, device=engine.device)
             compile_s = time.perf_counter() - t0
         seconds, streamed = [], None
@@ -91,6 +95,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
             streamed = fidelity.stream_ours(
                 engine.s3gen, prompt, ids, flow=flow, flow_steps=steps, context_tokens=context,
                 crossfade_ms=cfg.crossfade_ms, seed=0, flow_cfg_rate=rate, estimator=estimator,
+                first_prompt_tokens=knobs.first_prompt_tokens,
                 schedule=ChunkSchedule(knobs.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                        cfg.max_chunk_tokens))
             seconds.append(time.perf_counter() - t0)

@@ -123,3 +123,35 @@ def test_streaming_is_closer_to_one_shot_than_the_seed_method(vocoder: Vocoder) 
     assert ours["samples"] == result["reference_samples"]
     assert ours["log_mel_distance"] < seed["log_mel_distance"]
     assert ours["seam_error"] < seed["seam_error"]
+
+
+def test_a_shorter_first_prompt_shortens_only_the_first_window(vocoder: Vocoder) -> None:
+    from tts.vocoder import window_frames
+
+    flow = vocoder.family.flow
+    tokens = _tokens(31, seed=3)
+    streams = {}
+    for first_prompt in (None, 10):
+        estimator = FlowEstimator(vocoder.s3gen.flow.decoder.estimator, compile=False, bucketed=False)
+        calls: list[int] = []
+        run = estimator._forward
+        estimator._forward = lambda x, *rest, run=run, calls=calls: calls.append(x.shape[-1]) or run(x, *rest)
+        streams[first_prompt] = (calls, fidelity.stream_ours(
+            vocoder.s3gen, vocoder.prompt, tokens, flow=flow, schedule=ChunkSchedule(5, 8, 2.0, 16), flow_steps=1,
+            context_tokens=8, crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate, estimator=estimator,
+            first_prompt_tokens=first_prompt))
+    (whole_calls, whole), (short_calls, short) = streams[None], streams[10]
+    prompt_frames = vocoder.prompt.mels.shape[1]
+    # The estimator sees prompt + chunk frames (the encoder's lookahead frames are cut before it).
+    assert whole_calls[0] == prompt_frames + 5 * MEL_PER_TOKEN
+    assert short_calls[0] == (10 + 5) * MEL_PER_TOKEN  # the first window, behind 10 prompt tokens
+    assert short_calls[1:] == whole_calls[1:]  # every later window behind the whole prompt again
+    assert short_calls[0] in window_frames(vocoder.prompt, 8, 16, 10)  # warmed up with the others
+    assert len(short.audio) == len(whole.audio) and short.seams == whole.seams
+    # The first chunk differs; the second a little (HiFT renders it behind the first's last mel
+    # frames); from the third on the audio is the same.
+    first, second = whole.seams[:2]
+    assert not np.allclose(short.audio[:first], whole.audio[:first])
+    peak = np.abs(whole.audio).max()
+    assert np.abs(short.audio[first:second] - whole.audio[first:second]).max() < 0.02 * peak
+    np.testing.assert_allclose(short.audio[second:], whole.audio[second:], atol=1e-6)

@@ -74,6 +74,10 @@ class TTSConfig:
     # Cap on the voice-prompt tokens prepended to every vocoder call; null = the device profile's
     # (CPU 50, i.e. 2 s; GPU the full prompt, ~10 s). A number above the prompt's length means all of it.
     prompt_tokens: int | None = None
+    # The first chunk's voice prompt, in tokens (its last ones; at most prompt_tokens): first audio
+    # waits for that chunk, and with the whole prompt most of its flow window is prompt. null = the
+    # device profile's (CPU 25, i.e. 1 s; GPU the whole prompt_tokens).
+    first_prompt_tokens: int | None = None
     # Crossfade at chunk seams, milliseconds.
     crossfade_ms: float = 20.0
     # Decode T3 on its own thread (and CUDA stream) while the vocoder works on the previous chunk.
@@ -129,6 +133,8 @@ class TTSConfig:
             (unset_or(self.flow_steps, 1 <= (self.flow_steps or 0) <= 50), "flow_steps must be in 1..50"),
             (unset_or(self.flow_cfg_rate, 0 <= (self.flow_cfg_rate or 0) <= 2), "flow_cfg_rate must be in 0..2"),
             (self.prompt_tokens is None or self.prompt_tokens >= 0, "prompt_tokens must be >= 0 or null"),
+            (self.first_prompt_tokens is None or self.first_prompt_tokens >= 0,
+             "first_prompt_tokens must be >= 0 or null"),
             (0 <= self.crossfade_ms <= 200, "crossfade_ms must be in 0..200"),
             (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),
             (self.t3_threads is None or self.t3_threads >= 1, "t3_threads must be >= 1 or null"),

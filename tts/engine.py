@@ -157,6 +157,7 @@ class StreamingTTS:
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
             "context_tokens": self.resolved.context_tokens, "prompt_tokens": self.resolved.prompt_tokens,
+            "first_prompt_tokens": self.resolved.first_prompt_tokens,
             "threads": torch.get_num_threads(),
         }
 
@@ -208,7 +209,8 @@ class StreamingTTS:
                        for v in self.voice_bank)  # a voice's prompt may be shorter than the full one
         t3_buckets = self.decoder.buckets_for(shortest, self.decoder.max_len - shortest - 1) if cfg.compile else []
         frames = [n for voice in self.voice_bank
-                  for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens)]
+                  for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens,
+                                         self.resolved.first_prompt_tokens)]
         flow_buckets = {bucket(n) for n in frames} if self.flow_estimator.bucketed else set()
         total = len(t3_buckets) + len(flow_buckets) + 1
         if t3_buckets:
@@ -300,7 +302,8 @@ class StreamingTTS:
         vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow=self.family.flow,
                                    flow_steps=self.flow_steps, context_tokens=self.resolved.context_tokens,
                                    crossfade_ms=cfg.crossfade_ms, generator=generator,
-                                   flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator)
+                                   flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator,
+                                   first_prompt_tokens=self.resolved.first_prompt_tokens)
         schedule = ChunkSchedule(self.resolved.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=queued_s)
         tokens: list[int] = []

@@ -1,7 +1,8 @@
 """Per-device defaults: the settings a config leaves null, chosen for the device the engine runs on.
 
 * `realtime` (a CPU): T3 pipelined on its own cores, a 50-token voice prompt and 25 tokens of left
-  context in every vocoder call, a 6-token first chunk, and the fewest flow steps the family's
+  context in every vocoder call, a 6-token first chunk behind only 25 of the prompt's tokens (its
+  flow window is then 68 frames instead of 118), and the fewest flow steps the family's
   decoder is made for (Turbo's meanflow: one): what brings Turbo closest to playback speed on two
   cores (README "Performance"; `chatterd bench parts`, `chatterd bench knobs --family turbo`).
 * `fidelity` (CUDA): the full voice prompt, 50 tokens of context, a 10-token first chunk; T3 on its
@@ -28,6 +29,7 @@ class Settings:
     profile: str
     pipeline: bool
     prompt_tokens: int | None  # None: the voice's whole prompt
+    first_prompt_tokens: int | None  # the first chunk's; None: prompt_tokens
     context_tokens: int
     first_chunk_tokens: int
     flow_steps: int
@@ -35,10 +37,10 @@ class Settings:
 
 
 _PROFILES: dict[str, dict[str, object]] = {
-    "realtime": {"pipeline": True, "prompt_tokens": 50, "context_tokens": 25, "first_chunk_tokens": 6,
-                 "fewest_flow_steps": True},
-    "fidelity": {"pipeline": True, "prompt_tokens": None, "context_tokens": 50, "first_chunk_tokens": 10,
-                 "fewest_flow_steps": False},
+    "realtime": {"pipeline": True, "prompt_tokens": 50, "first_prompt_tokens": 25, "context_tokens": 25,
+                 "first_chunk_tokens": 6, "fewest_flow_steps": True},
+    "fidelity": {"pipeline": True, "prompt_tokens": None, "first_prompt_tokens": None, "context_tokens": 50,
+                 "first_chunk_tokens": 10, "fewest_flow_steps": False},
 }
 
 
@@ -58,6 +60,7 @@ def resolve(config: TTSConfig, family: Family, device: torch.device) -> Settings
         profile=name,
         pipeline=bool(pick("pipeline")),
         prompt_tokens=pick("prompt_tokens"),  # type: ignore[arg-type]
+        first_prompt_tokens=pick("first_prompt_tokens"),  # type: ignore[arg-type]
         context_tokens=int(pick("context_tokens")),  # type: ignore[call-overload]
         first_chunk_tokens=int(pick("first_chunk_tokens")),  # type: ignore[call-overload]
         flow_steps=config.flow_steps or (family.flow.fewest_steps if profile["fewest_flow_steps"] else None)

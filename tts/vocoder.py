@@ -46,13 +46,17 @@ class VoicePrompt:
         mels = ref["prompt_feat"]
         # Keep mel frames and tokens exactly 2:1 (the reference's mel may have one odd frame).
         n = min(tokens.shape[1], mels.shape[1] // MEL_PER_TOKEN)
-        if max_tokens is not None:
-            n = min(n, max_tokens)
-        start = min(tokens.shape[1], mels.shape[1] // MEL_PER_TOKEN) - n
-        tokens = tokens[:, start : start + n]
-        mels = mels[:, start * MEL_PER_TOKEN : (start + n) * MEL_PER_TOKEN]
-        return cls(tokens.to(device), mels.to(device=device, dtype=torch.float32),
-                   torch.atleast_2d(ref["embedding"]).to(device=device, dtype=torch.float32))
+        whole = cls(tokens[:, :n].to(device), mels[:, : n * MEL_PER_TOKEN].to(device=device, dtype=torch.float32),
+                    torch.atleast_2d(ref["embedding"]).to(device=device, dtype=torch.float32))
+        return whole.tail(max_tokens)
+
+    def tail(self, max_tokens: int | None) -> VoicePrompt:
+        """The prompt cut to its last `max_tokens` tokens (and their mel frames); itself if None or longer."""
+        if max_tokens is None or max_tokens >= self.tokens.shape[1]:
+            return self
+        n = max_tokens
+        return VoicePrompt(self.tokens[:, self.tokens.shape[1] - n:],
+                           self.mels[:, self.mels.shape[1] - n * MEL_PER_TOKEN:], self.xvector)
 
 
 class _Bf16Conv(torch.nn.Module):
@@ -124,10 +128,19 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
     swap(hift)
 
 
-def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int) -> range:
-    """Every flow length a request can run with this prompt: prompt + 1..context+chunk+lookahead tokens."""
-    first = prompt.mels.shape[1] + MEL_PER_TOKEN
-    return range(first, first + MEL_PER_TOKEN * (context_tokens + max_chunk_tokens + LOOKAHEAD), MEL_PER_TOKEN)
+def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int,
+                  first_prompt_tokens: int | None = None) -> list[int]:
+    """Every flow length a request can run with this prompt: prompt + 1..context+chunk+lookahead tokens,
+    and a first chunk's behind the shorter first prompt (`StreamingVocoder`'s first_prompt_tokens)."""
+    def lengths(p: VoicePrompt, tokens: int) -> range:
+        first = p.mels.shape[1] + MEL_PER_TOKEN
+        return range(first, first + MEL_PER_TOKEN * tokens, MEL_PER_TOKEN)
+
+    short = prompt.tail(first_prompt_tokens)
+    every = set(lengths(prompt, context_tokens + max_chunk_tokens + LOOKAHEAD))
+    if short is not prompt:
+        every.update(lengths(short, max_chunk_tokens + LOOKAHEAD))
+    return sorted(every)
 
 
 class StreamingVocoder:
@@ -135,16 +148,22 @@ class StreamingVocoder:
 
     def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow: FlowSpec, flow_steps: int,
                  context_tokens: int, crossfade_ms: float, generator: torch.Generator | None,
-                 flow_cfg_rate: float, estimator: FlowEstimator | None = None) -> None:
+                 flow_cfg_rate: float, estimator: FlowEstimator | None = None,
+                 first_prompt_tokens: int | None = None) -> None:
         # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
         # `flow`: the family's flow decoder (time schedule, tail silence); `flow_steps` and
         # `flow_cfg_rate` as configured (a meanflow decoder has no CFG: its rate must be 0).
         # `estimator`: the engine's shared (maybe compiled) one; eager over s3gen's weights if None.
+        # `first_prompt_tokens`: the first (non-final) chunk runs behind only the prompt's last this
+        # many tokens (None: all of it). Its flow window is mostly prompt (a 6-token chunk behind a
+        # 50-token prompt: 100 of 118 frames) and first audio waits for it; later chunks, which
+        # overlap it by `context_tokens` and crossfade with it, see the whole prompt again.
         self.flow = s3gen.flow
         self.estimator = estimator or FlowEstimator(s3gen.flow.decoder.estimator, compile=False)
         self.hift = s3gen.mel2wav
         self.trim_fade: npt.NDArray[np.float32] = s3gen.trim_fade.cpu().numpy()
         self.prompt = prompt
+        self.first_prompt = prompt.tail(first_prompt_tokens)
         self.flow_cfg_rate = flow_cfg_rate
         self.context_tokens = context_tokens
         self.crossfade = int(SAMPLE_RATE * crossfade_ms / 1000)
@@ -205,7 +224,7 @@ class StreamingVocoder:
 
     def _token2mel(self, window: Tensor, start: int, finalize: bool) -> Tensor:
         flow = self.flow
-        prompt = self.prompt
+        prompt = self.first_prompt if self.first and not finalize else self.prompt
         tokens = torch.cat([prompt.tokens, window], dim=1)  # (1, P + W)
         lengths = torch.tensor([tokens.shape[1]], device=tokens.device)
         x = flow.input_embedding(tokens)  # (1, P + W, 512)
@@ -217,9 +236,12 @@ class StreamingVocoder:
         n_total = h.shape[1]
         cond = torch.zeros(1, n_total, 80, device=h.device, dtype=h.dtype)
         cond[:, :n_prompt] = prompt.mels
-        first = n_prompt + start * MEL_PER_TOKEN
-        z = torch.cat([self.noise[:, :, :n_prompt], self.noise[:, :, first : first + n_total - n_prompt]],
-                      dim=2)
+        # The noise buffer is laid out for the whole prompt: a shorter one takes the columns of its
+        # own (last) frames, and every output frame its fixed column whatever prompt precedes it.
+        full = self.prompt.mels.shape[1]
+        first = full + start * MEL_PER_TOKEN
+        z = torch.cat([self.noise[:, :, full - n_prompt : full],
+                       self.noise[:, :, first : first + n_total - n_prompt]], dim=2)
         mask = torch.ones(1, 1, n_total, device=h.device, dtype=h.dtype)
         mel = self._solve_euler(z, h.transpose(1, 2).contiguous(), mask, cond.transpose(1, 2).contiguous())
         return mel[:, :, n_prompt:]
