@@ -15,6 +15,8 @@ seams, and by a reference-free seam jump.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ F32 = npt.NDArray[np.float32]
 class Streamed:
     audio: F32
     seams: list[int]  # sample index where each chunk after the first starts
+    first_chunk_s: float | None = None  # the first vocoder call's wall time (what first audio waits for)
 
 
 def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, schedule: ChunkSchedule,
@@ -46,15 +49,18 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: Flo
                                first_prompt_tokens=first_prompt_tokens)
     chunks: list[F32] = []
     available = 0
+    first_chunk_s: float | None = None
     while True:
         target = schedule.next()
         while available < len(tokens) and not vocoder.ready(available, target):
             available += 1
         if not vocoder.ready(available, target):
             break
+        t0 = time.perf_counter()
         chunks.append(vocoder.process(tokens[:available], chunk=target))
+        first_chunk_s = time.perf_counter() - t0 if first_chunk_s is None else first_chunk_s
     chunks.append(vocoder.process(tokens, final=True))
-    return _joined(chunks)
+    return dataclasses.replace(_joined(chunks), first_chunk_s=first_chunk_s)
 
 
 def one_shot(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, flow_steps: int, seed: int,
