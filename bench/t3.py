@@ -147,8 +147,8 @@ def ours_loop(decoder: Any, prefix: torch.Tensor, params: Any) -> Loop:
 
 def _floor(decoder: Any, dtype: torch.dtype) -> float:
     """Read every weight a step reads once, batch = decoding rows, in the format the step reads it in:
-    the backbone's linears (or, quantised, its ONNX segments: their products plus a few norms) and
-    the speech head."""
+    the backbone's linears and the speech head (or, quantised, its ONNX segments: their products
+    plus a few norms, and the head's)."""
     rows, dim = decoder.rows, decoder.t3.speech_head.in_features
     head = decoder.t3.speech_head
     quantized = decoder.quantized
@@ -166,15 +166,17 @@ def _floor(decoder: Any, dtype: torch.dtype) -> float:
             quantized.entry(x)
             for i in range(decoder.n_layers):
                 quantized.after_attention(i, x, attended)
+            quantized.logits(x)
+            return time.perf_counter() - t0
         head(torch.randn(rows, dim, dtype=head.weight.dtype))
         return time.perf_counter() - t0
 
 
 def weight_bytes(decoder: Any) -> int:
+    if decoder.quantized is not None:
+        return int(decoder.quantized.weight_bytes)  # the segments, the speech head's included
     head = decoder.t3.speech_head.weight
     total = int(head.numel() * head.element_size())
-    if decoder.quantized is not None:
-        return total + int(decoder.quantized.weight_bytes)
     for m in decoder.backbone.layers.modules():
         if isinstance(m, torch.nn.Linear):
             total += int(m.weight.numel() * m.weight.element_size())

@@ -326,13 +326,13 @@ def prefix_length(family: Family, hp: Any, text_positions: int) -> int:
     return cond_positions(hp) + text_positions + family.bos_repeats
 
 
-def quantize_layers(layers: nn.ModuleList, quant: str) -> QuantizedLayers:
+def quantize_layers(layers: nn.ModuleList, quant: str, head: nn.Linear) -> QuantizedLayers:
     """The backbone's layers as ONNX Runtime segments with blocked int8 or int4 weights (`tts.quantized`),
-    for a CPU; the decoder runs them instead of the layers' own linears, whose weights are dropped.
-    Attention, the KV cache and sampling stay in torch, in fp32."""
+    for a CPU, and the speech head with int8 blocks; the decoder runs them instead of the layers' own
+    linears, whose weights are dropped. Attention, the KV cache and sampling stay in torch, in fp32."""
     from tts.quantized import QuantizedLayers
 
-    quantized = QuantizedLayers(list(layers), quant)
+    quantized = QuantizedLayers(list(layers), quant, head)
     for layer in layers:  # their weights live in the segments now
         for name, child in list(layer.named_children()):
             if isinstance(child, nn.Linear):
@@ -371,7 +371,8 @@ class T3Decoder:
         self.max_len = int(math.ceil(max_len / KV_BUCKET) * KV_BUCKET)
         self.backbone = Backbone.of(t3, dtype, self.max_len)
         self.n_layers = len(self.backbone.layers)
-        self.quantized = quantize_layers(self.backbone.layers, quant) if quant is not None else None
+        self.quantized = (quantize_layers(self.backbone.layers, quant, t3.speech_head) if quant is not None
+                          else None)
         bb = self.backbone
         self.q_size = bb.n_heads * bb.head_dim
         self.kv_size = bb.n_kv_heads * bb.head_dim
@@ -460,6 +461,8 @@ class T3Decoder:
         return bb.final(x)
 
     def _logits(self, hidden: Tensor) -> Tensor:
+        if self.quantized is not None:
+            return self.quantized.logits(hidden)  # (rows, V)
         logits: Tensor = self.t3.speech_head(hidden).float()  # (rows, V)
         return logits
 
