@@ -219,10 +219,14 @@ def main(argv: list[str]) -> int:
 
         smoke = args.smoke
         found = checkpoints(args, parser, args.families)
-        venv = None if (args.no_baseline or smoke or "original" not in found) else args.baseline_venv
+        # The seed's method runs the original model, whichever families are benched.
+        seed_checkpoint = found.get("original") or next(
+            (p for p in [args.checkpoints / "original"] if (p / "conds.pt").is_file()), None)
+        venv = None if (args.no_baseline or smoke or seed_checkpoint is None) else args.baseline_venv
         if venv is not None and not (venv / "bin" / "python").exists():
             parser.error(f"no baseline venv at {venv}; run bench/setup-baseline {venv} (or pass --no-baseline)")
-        results = stream_bench.run(found, baseline_venv=venv, repeats=1 if smoke else args.repeats,
+        results = stream_bench.run(found, baseline_venv=venv, baseline_checkpoint=seed_checkpoint,
+                                   repeats=1 if smoke else args.repeats,
                                    headline_tokens=12 if smoke else args.tokens,
                                    lengths=not (smoke or args.no_lengths), dtype=args.dtype, smoke=smoke,
                                    upstream_turbo=not args.no_upstream and "turbo" in found)

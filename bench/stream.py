@@ -352,11 +352,13 @@ def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, float], list[
 
 
 def run(checkpoints: dict[str, Path], *, baseline_venv: Path | None, repeats: int, headline_tokens: int,
-        lengths: bool, dtype: str, smoke: bool = False, upstream_turbo: bool = True) -> dict[str, Any]:
+        lengths: bool, dtype: str, smoke: bool = False, upstream_turbo: bool = True,
+        baseline_checkpoint: Path | None = None) -> dict[str, Any]:
+    """`baseline_checkpoint`: the original model's, for the seed's method (default: checkpoints["original"])."""
     results: dict[str, Any] = {"texts": {"en": TEXT, "de": GERMAN_TEXT}, "headline_tokens": headline_tokens,
                                "repeats": repeats, "checkpoints": {k: str(v) for k, v in checkpoints.items()}}
     if baseline_venv is not None:
-        original = checkpoints["original"]
+        original = baseline_checkpoint or checkpoints["original"]
         results["baseline"] = {
             "defaults_25_50": run_baseline(baseline_venv, original, TEXT, 25, 50, max(1, headline_tokens // 25),
                                            repeats),
