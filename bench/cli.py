@@ -220,8 +220,9 @@ def main(argv: list[str]) -> int:
         smoke = args.smoke
         found = checkpoints(args, parser, args.families)
         # The seed's method runs the original model, whichever families are benched.
-        seed_checkpoint = found.get("original") or next(
-            (p for p in [args.checkpoints / "original"] if (p / "conds.pt").is_file()), None)
+        seed_checkpoint = found.get("original")
+        if seed_checkpoint is None and (args.checkpoints / "original" / "conds.pt").is_file():
+            seed_checkpoint = args.checkpoints / "original"
         venv = None if (args.no_baseline or smoke or seed_checkpoint is None) else args.baseline_venv
         if venv is not None and not (venv / "bin" / "python").exists():
             parser.error(f"no baseline venv at {venv}; run bench/setup-baseline {venv} (or pass --no-baseline)")
