@@ -36,7 +36,7 @@ F32 = npt.NDArray[np.float32]
 class Streamed:
     audio: F32
     seams: list[int]  # sample index where each chunk after the first starts
-    first_chunk_s: float | None = None  # the first vocoder call's wall time (what first audio waits for)
+    first_chunk_s: float = 0.0  # the first vocoder call's wall time (what first audio waits for)
 
 
 def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, schedule: ChunkSchedule,
@@ -49,7 +49,7 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: Flo
                                first_prompt_tokens=first_prompt_tokens)
     chunks: list[F32] = []
     available = 0
-    first_chunk_s: float | None = None
+    first_chunk_s = 0.0
     while True:
         target = schedule.next()
         while available < len(tokens) and not vocoder.ready(available, target):
@@ -58,8 +58,12 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: Flo
             break
         t0 = time.perf_counter()
         chunks.append(vocoder.process(tokens[:available], chunk=target))
-        first_chunk_s = time.perf_counter() - t0 if first_chunk_s is None else first_chunk_s
+        if len(chunks) == 1:
+            first_chunk_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     chunks.append(vocoder.process(tokens, final=True))
+    if len(chunks) == 1:  # the whole sequence was one window
+        first_chunk_s = time.perf_counter() - t0
     return dataclasses.replace(_joined(chunks), first_chunk_s=first_chunk_s)
 
 

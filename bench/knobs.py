@@ -99,7 +99,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, only: list[str
                 schedule=ChunkSchedule(knobs.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
                                        cfg.max_chunk_tokens))
             seconds.append(time.perf_counter() - t0)
-            first_chunk.append(streamed.first_chunk_s or 0.0)
+            first_chunk.append(streamed.first_chunk_s)
         assert streamed is not None
         audio_s = len(streamed.audio) / SAMPLE_RATE
         first = streamed.seams[0] if streamed.seams else len(streamed.audio)

@@ -354,15 +354,14 @@ def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, float], list[
 def run(checkpoints: dict[str, Path], *, baseline_venv: Path | None, repeats: int, headline_tokens: int,
         lengths: bool, dtype: str, smoke: bool = False, upstream_turbo: bool = True,
         baseline_checkpoint: Path | None = None) -> dict[str, Any]:
-    """`baseline_checkpoint`: the original model's, for the seed's method (default: checkpoints["original"])."""
+    """The seed's method runs when both `baseline_venv` and `baseline_checkpoint` (the original's) are given."""
     results: dict[str, Any] = {"texts": {"en": TEXT, "de": GERMAN_TEXT}, "headline_tokens": headline_tokens,
                                "repeats": repeats, "checkpoints": {k: str(v) for k, v in checkpoints.items()}}
-    if baseline_venv is not None:
-        original = baseline_checkpoint or checkpoints["original"]
+    if baseline_venv is not None and baseline_checkpoint is not None:
         results["baseline"] = {
-            "defaults_25_50": run_baseline(baseline_venv, original, TEXT, 25, 50, max(1, headline_tokens // 25),
+            "defaults_25_50": run_baseline(baseline_venv, baseline_checkpoint, TEXT, 25, 50, max(1, headline_tokens // 25),
                                            repeats),
-            "recommended_75_150": run_baseline(baseline_venv, original, TEXT, 75, 150,
+            "recommended_75_150": run_baseline(baseline_venv, baseline_checkpoint, TEXT, 75, 150,
                                                max(1, headline_tokens // 75), repeats),
         }
     if upstream_turbo and "turbo" in checkpoints:
