@@ -359,8 +359,8 @@ def run(checkpoints: dict[str, Path], *, baseline_venv: Path | None, repeats: in
                                "repeats": repeats, "checkpoints": {k: str(v) for k, v in checkpoints.items()}}
     if baseline_venv is not None and baseline_checkpoint is not None:
         results["baseline"] = {
-            "defaults_25_50": run_baseline(baseline_venv, baseline_checkpoint, TEXT, 25, 50, max(1, headline_tokens // 25),
-                                           repeats),
+            "defaults_25_50": run_baseline(baseline_venv, baseline_checkpoint, TEXT, 25, 50,
+                                           max(1, headline_tokens // 25), repeats),
             "recommended_75_150": run_baseline(baseline_venv, baseline_checkpoint, TEXT, 75, 150,
                                                max(1, headline_tokens // 75), repeats),
         }
