@@ -66,11 +66,13 @@ class _Case:
                             prompt_tokens=None, device=torch.device("cpu"))
         return voice.cond_emb
 
-    def decoder(self, t3: Any, dtype: torch.dtype, quant: str | None = None, compile: bool = False) -> Any:
+    def decoder(self, t3: Any, dtype: torch.dtype, quant: str | None = None, compile: bool = False,
+                cpu_kernel_attention: bool = True) -> Any:
         from tts.t3 import T3Decoder, prefix_length
 
         max_len = prefix_length(self.family, t3.hp, len(self.raw_ids) + 2) + self.max_tokens + 1
-        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, quant=quant, compile=compile)
+        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, quant=quant, compile=compile,
+                         cpu_kernel_attention=cpu_kernel_attention)
 
     def params(self, **overrides: Any) -> Any:
         from tts.t3 import SamplingParams
@@ -246,11 +248,17 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
             compiled.warm_up(prefix.shape[1], steps + 1, params)
             step_time(ours_loop(compiled, prefix, params), 2)
             compile_s = time.perf_counter() - t0
-        samples: dict[str, list[float]] = {"upstream": [], "eager": [], "compiled": [], "floor": []}
+        samples: dict[str, list[float]] = {"upstream": [], "eager": [], "eager_torch_attention": [], "compiled": [],
+                                           "floor": []}
         upstream_error = None
         # Upstream has no int8/int4 path; fp32 is how it runs on a CPU, and also tried in this dtype.
         up = upstream_loop(case, t3, text_ids, dtype) if upstream and not quant else None
         ours = {"eager": ours_loop(eager, prefix, params)}
+        if eager.cpu_attention is not None:
+            # The step as it was before tts.attention's C kernel (and, quantised, fp16 K/V): torch's
+            # attention over a cache in the serving dtype, beside it.
+            ours["eager_torch_attention"] = ours_loop(case.decoder(t3, dtype, quant=quant, cpu_kernel_attention=False),
+                                                      prefix, params)
         if compiled is not None:
             ours["compiled"] = ours_loop(compiled, prefix, params)
         # One untimed call of each first: the first call of a loop pays one-off set-up.
@@ -279,6 +287,9 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
         d["weight_gb"] = weight_bytes(eager) / 1e9
         d["floor_gb_per_s"] = d["weight_gb"] / floor
         d["ratios"] = {f"{k}/floor": s.median / floor for k, s in summary.items() if k != "floor"}
+        if "eager_torch_attention" in summary:
+            d["ratios"]["eager_torch_attention/eager"] = (summary["eager_torch_attention"].median
+                                                          / summary["eager"].median)
         if "upstream" in summary:
             for k in ("eager", "compiled"):
                 if k in summary:
@@ -372,7 +383,7 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"  upstream fp32 n/a: {f['upstream_fp32_error']}")
         for name, e in f["dtypes"].items():
             lines.append(f"  {name}: weights {e['weight_gb']:.2f} GB, floor read at {e['floor_gb_per_s']:.1f} GB/s")
-            for k in ("upstream", "eager", "compiled", "floor"):
+            for k in ("upstream", "eager", "eager_torch_attention", "compiled", "floor"):
                 if k in e:
                     lines.append(f"    {k:9s} {Summary(**e[k]).fmt()}")
             if "upstream_error" in e:

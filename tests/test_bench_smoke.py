@@ -81,6 +81,8 @@ def test_t3_bench_smoke(tmp_path: Path) -> None:
             entry = family["dtypes"][dtype]
             assert math.isfinite(entry["eager"]["median"]) and entry["floor"]["median"] > 0
             assert math.isfinite(entry["ratios"]["eager/floor"]) and entry["weight_gb"] > 0
+            # The same steps with torch's attention instead of the C kernel, beside them.
+            assert math.isfinite(entry["ratios"]["eager_torch_attention/eager"])
             assert 0 <= entry["vs_fp32"]["greedy_agreement"] <= 1
             assert math.isfinite(entry["vs_fp32"]["max_abs_logit_error"]) and entry["vs_fp32"]["mean_kl"] >= 0
         # int4 reads about half of int8's bytes (packed nibbles and the same block scales).

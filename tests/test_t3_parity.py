@@ -104,8 +104,10 @@ def _upstream_greedy(case: Case, text_ids: torch.Tensor, steps: int) -> tuple[to
 
 @torch.inference_mode()
 def test_fp32_decoder_matches_upstream(case: Case) -> None:
-    """Logits within 1e-3 of upstream's forward and 30 greedy tokens identical."""
+    """Logits within 1e-3 of upstream's forward and 30 greedy tokens identical (on a CPU, with
+    the decode steps attending through tts.attention's C kernel)."""
     decoder = case.decoder()
+    assert (decoder.cpu_attention is not None) == (TEST_DEVICE == "cpu")
     text = decoder.text_ids(case.raw_ids)
     ref_logits, ref_tokens = _upstream_greedy(case, text, STEPS)
 
@@ -181,7 +183,7 @@ def test_decode_attention_matches_sdpa_and_ignores_the_thread_count():
     # attention's sums must not depend on it, and must agree with SDPA, mask included.
     import torch.nn.functional as F
 
-    from tts.t3 import _one_query_attention
+    from tts.attention import one_query_attention
 
     gen = torch.Generator().manual_seed(0)
     q, keys, values = (torch.randn(2, 16, n, 64, generator=gen) for n in (1, 700, 700))
@@ -191,9 +193,49 @@ def test_decode_attention_matches_sdpa_and_ignores_the_thread_count():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            out[n] = [_one_query_attention(q, keys, values), _one_query_attention(q, keys, values, attn_mask=mask)]
+            out[n] = [one_query_attention(q, keys, values), one_query_attention(q, keys, values, attn_mask=mask)]
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(out[1], out[2], strict=True))
     torch.testing.assert_close(out[1][0], F.scaled_dot_product_attention(q, keys, values))
     torch.testing.assert_close(out[1][1], F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+
+
+def test_the_c_kernel_matches_torch_attention_over_cache_slices():
+    from tts.attention import cpu_kernel, one_query_attention
+    from tts.loading import cpu_flags
+
+    kernel = cpu_kernel()
+    assert kernel is not None, "scripts/setup installs gcc; the kernel must build here"
+    gen = torch.Generator().manual_seed(0)
+    k_cache, v_cache = (torch.randn(2, 16, 1024, 64, generator=gen) * 3 for _ in range(2))  # (rows, H, slots, D)
+    q = torch.randn(2, 16, 1, 64, generator=gen)
+    # fp16 wherever the CPU has F16C (every AVX2 one: this project's machines).
+    assert torch.float16 in kernel.kv_dtypes or not cpu_flags() >= {"avx2", "fma", "f16c"}
+    for dtype in sorted(kernel.kv_dtypes, key=str):
+        k, v = k_cache.to(dtype), v_cache.to(dtype)
+        for length in (1, 7, 430, 1024):
+            keys, values = k[:, :, :length], v[:, :, :length]
+            assert kernel.fits(q, keys, values)
+            torch.testing.assert_close(kernel(q, keys, values), one_query_attention(q, keys.float(), values.float()),
+                                       rtol=1e-5, atol=1e-5)
+    # What it cannot read, the decoder hands to torch.
+    keys, values = k_cache[:, :, :10], v_cache[:, :, :10]
+    assert not kernel.fits(q, keys.double(), values.double())
+    assert not kernel.fits(q, keys.bfloat16(), values.bfloat16())
+    assert not kernel.fits(q, keys.transpose(2, 3), values)
+    assert not kernel.fits(q[..., :60], keys[..., :60], values[..., :60])
+    assert not kernel.fits(q, keys, values.half())
+
+
+def test_without_a_compiler_decode_attention_falls_back_to_torch(monkeypatch, caplog):
+    import tts.attention as attention
+
+    monkeypatch.setattr(attention, "_tried", False)
+    monkeypatch.setattr(attention, "_built", None)
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with caplog.at_level("WARNING", logger="tts.attention"):
+        assert attention.cpu_kernel() is None
+        assert attention.cpu_kernel() is None
+    assert [r.getMessage() for r in caplog.records if "C kernel could not be built" in r.getMessage()] != []
+    assert len(caplog.records) == 1  # said once

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tts.attention import CpuKernel, cpu_kernel, one_query_attention
 from tts.families import Family, Sampling
 
 if TYPE_CHECKING:
@@ -101,19 +102,6 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
-
-
-def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-    """A decoded token's attention: q (B, H, 1, D) over keys, values (B, H, L, D) -> (B, H, 1, D).
-
-    Two matrix products and a softmax rather than SDPA: ATen's CPU flash kernel splits the keys
-    over threads, so its sums change with the thread count, and a pipelined request decodes its
-    first block on every core and the rest on T3's share (`tts.engine`); the tokens must not.
-    """
-    scores = torch.matmul(q, keys.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, 1, L)
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1), values)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -359,8 +347,10 @@ class T3Decoder:
     """
 
     def __init__(self, t3: Any, family: Family, *, dtype: torch.dtype, max_len: int, quant: str | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, cpu_kernel_attention: bool = True) -> None:
         # `t3`: upstream's chatterbox T3 module (untyped, so Any at this boundary).
+        # `cpu_kernel_attention=False`: torch's attention over a cache in `dtype` even where the C
+        # kernel and fp16 K/V would serve (what `bench t3` measures the kernel against).
         self.t3 = t3
         self.family = family
         self.hp = t3.hp
@@ -381,13 +371,23 @@ class T3Decoder:
         # Learned text/speech position tables (the original's; GPT-2 positions live in the backbone).
         self.learned_positions = self.hp.input_pos_emb == "learned"
 
+        # Eager fp32 steps on a CPU attend through the C kernel (tts.attention); compiled graphs
+        # and other dtypes through torch.
+        self.compiled = compile
+        self.cpu_attention: CpuKernel | None = (
+            cpu_kernel() if cpu_kernel_attention and self.device.type == "cpu" and dtype == torch.float32
+            and not compile else None)
+        # Where the weights are quantised, K/V are kept in fp16 if the kernel reads it: half the bytes
+        # of the step's second-largest read (Turbo's 375 conditioning positions), at a relative error
+        # of about 3e-4 in the attention output, far below the weights' own.
+        self.kv_dtype = (torch.float16 if quant is not None and self.cpu_attention is not None
+                         and torch.float16 in self.cpu_attention.kv_dtypes else dtype)
         # Static KV cache for the decoding rows: (layers, rows, kv_heads, max_len, head_dim).
         shape = (self.n_layers, self.rows, bb.n_kv_heads, self.max_len, bb.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.k_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         # Tokens seen so far (repetition penalty), as a mask over the speech vocabulary.
         self.seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-        self.compiled = compile
         self._step: Callable[..., Tensor] = self._decode_step
         if compile:
             # One graph per KV bucket (kv_len is a Python int, hence a static shape); dynamic=False
@@ -431,7 +431,7 @@ class T3Decoder:
             # Decode (bucketed) or a prefill after a cached prefix: attend over kv_len slots,
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
-        quantized = self.quantized
+        quantized, kernel = self.quantized, self.cpu_attention
         # Fused q|k|v of the next layer: ONNX segments compute it with the previous layer's rest.
         qkv = quantized.entry(x) if quantized is not None else None
         for i, layer in enumerate(bb.typed_layers()):
@@ -444,15 +444,19 @@ class T3Decoder:
             k = k.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
             v = v.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
             q, k = bb.rotate(q, k, idx)
-            k_cache.index_copy_(2, idx, k)
-            v_cache.index_copy_(2, idx, v)
+            k_cache.index_copy_(2, idx, k.to(self.kv_dtype))
+            v_cache.index_copy_(2, idx, v.to(self.kv_dtype))
             if own_only:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
                 keys = k_cache[:, :, :kv_len]  # (B, H, kv_len, D)
                 values = v_cache[:, :, :kv_len]
-                attend = _one_query_attention if seq == 1 else F.scaled_dot_product_attention
-                o = attend(q, keys, values, attn_mask=mask)  # mask None: all visible
+                if seq == 1 and mask is None and kernel is not None and kernel.fits(q, keys, values):
+                    o = kernel(q, keys, values)
+                else:
+                    attend = one_query_attention if seq == 1 else F.scaled_dot_product_attention
+                    keys, values = keys.to(q.dtype), values.to(q.dtype)  # no-ops unless K/V are fp16
+                    o = attend(q, keys, values, attn_mask=mask)  # mask None: all visible
             attended = o.transpose(1, 2).reshape(bsz, seq, -1)
             if quantized is not None:
                 x, qkv = quantized.after_attention(i, x, attended)
