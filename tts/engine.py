@@ -153,6 +153,8 @@ class StreamingTTS:
         return {
             "model": self.family.name, "profile": self.resolved.profile, "device": str(self.device),
             "t3": self.loaded.quant or str(self.dtype).removeprefix("torch."),
+            "kv": str(self.decoder.kv_dtype).removeprefix("torch."),
+            "decode_attention": "c-kernel" if self.decoder.cpu_attention is not None else "torch",
             "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
@@ -176,7 +178,8 @@ class StreamingTTS:
             settings.update(dataclasses.asdict(self.resolved))  # what the profile chose
             self._identity = json.dumps({
                 "family": self.family.name, "checkpoint": checkpoint_files(self.checkpoint_dir, self.family),
-                "device": self.device.type, "dtype": self.settings()["t3"], "vocoder": self.settings()["vocoder"],
+                "device": self.device.type, "dtype": self.settings()["t3"], "kv": self.settings()["kv"],
+                "vocoder": self.settings()["vocoder"],
                 "sampling": dataclasses.asdict(self.params),
                 "flow": [self.flow_steps, self.flow_cfg_rate], "voices": voices, "settings": settings,
             }, sort_keys=True)
