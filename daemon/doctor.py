@@ -160,8 +160,15 @@ def check_compute(device: str) -> Check:
         if device != "auto":
             return Check("compute", False, f"tts.device is {device} but torch sees no CUDA GPU",
                          "install the NVIDIA driver (nvidia-smi must work) or set tts.device: cpu")
+    from tts.attention import cpu_kernel
+
+    kernel = cpu_kernel()
+    attention = ("T3's decode attention in the C kernel" + (" with fp16 K/V" if torch.float16 in kernel.kv_dtypes
+                                                            else "")
+                 if kernel is not None else
+                 "T3's decode attention in torch (no C compiler: install gcc for faster steps)")
     return Check("compute", True, f"CPU, {torch.get_num_threads()} threads (torch {torch.__version__}); "
-                                  "expect slow synthesis without a GPU")
+                                  f"{attention}; expect slow synthesis without a GPU")
 
 
 def doctor(path: Path, out: Callable[[str], None] = print) -> int:

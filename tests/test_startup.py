@@ -95,6 +95,7 @@ def test_doctor_passes_against_the_test_broker_and_the_alsa_file_device(
     checks = [line.split()[:2] for line in result.stdout.splitlines()]
     assert checks == [[name, "ok"] for name in ("config", "weights", "broker", "audio", "compute")], result.stdout
     assert "24000 Hz" in result.stdout and "fix:" not in result.stdout
+    assert "decode attention in the C kernel" in result.stdout  # scripts/setup installs gcc
     assert not NATIVE_NOISE.search(result.stderr)
 
 
