@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -111,15 +112,16 @@ def cpu_kernel() -> CpuKernel | None:
 
 
 def _compile(directory: Path) -> Path:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
     if not compiler:
         raise OSError("no C compiler (cc or gcc; $CC) on PATH")
     out = directory / "one_query_attention.so"
-    base = [compiler, "-O3", "-std=c11", "-shared", "-fPIC", "-o", str(out), str(SOURCE), "-lm"]
+    base = [*compiler, "-O3", "-std=c11", "-shared", "-fPIC", "-o", str(out), str(SOURCE), "-lm"]
     # -march=native for this machine's vector width; a compiler that lacks it gets the portable build.
-    for command in (base[:2] + ["-march=native"] + base[2:], base):
+    for command in (base + ["-march=native"], base):
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode == 0:
-            log.debug("built %s with %s", out.name, " ".join(command[:3]))
+            log.debug("built %s: %s", out.name, " ".join(command))
             return out
-    raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+    raise OSError(f"{' '.join(compiler)} failed: {done.stderr.strip()[-500:]}")
