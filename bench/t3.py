@@ -137,12 +137,18 @@ def step_time(run: Loop, steps: int) -> float:
     return (t_many - t_one) / (n_many - n_one)
 
 
-def ours_loop(decoder: Any, prefix: torch.Tensor, params: Any) -> Loop:
-    def run(n: int) -> tuple[float, int]:
+def ours_step(decoder: Any, prefix: torch.Tensor, params: Any) -> Callable[[int], float]:
+    """K -> seconds per step of one call decoding 1+K tokens, timed from the prefill's token (a block
+    of its own) to the last block: unlike `step_time`'s two calls, no prefill time enters it."""
+    def run(steps: int) -> float:
         gen = torch.Generator().manual_seed(0)
-        blocks: list[list[int]] = []
-        seconds = timed(lambda: blocks.extend(decoder.generate(prefix, n, params, generator=gen, check_every=n)))
-        return seconds, sum(len(b) for b in blocks)
+        marks: list[tuple[float, int]] = []  # (time each block arrived, its tokens)
+        for block in decoder.generate(prefix, 1 + steps, params, generator=gen, check_every=steps, first_block=1):
+            marks.append((time.perf_counter(), len(block)))
+        decoded = sum(n for _, n in marks[1:])
+        if decoded < steps:
+            raise RuntimeError(f"the loop stopped after {1 + decoded} tokens (asked for {1 + steps})")
+        return (marks[-1][0] - marks[0][0]) / decoded
 
     return run
 
@@ -246,21 +252,21 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
             compiled = case.decoder(t3, dtype, compile=True)
             t0 = time.perf_counter()
             compiled.warm_up(prefix.shape[1], steps + 1, params)
-            step_time(ours_loop(compiled, prefix, params), 2)
+            ours_step(compiled, prefix, params)(2)
             compile_s = time.perf_counter() - t0
         samples: dict[str, list[float]] = {"upstream": [], "eager": [], "eager_torch_attention": [], "compiled": [],
                                            "floor": []}
         upstream_error = None
         # Upstream has no int8/int4 path; fp32 is how it runs on a CPU, and also tried in this dtype.
         up = upstream_loop(case, t3, text_ids, dtype) if upstream and not quant else None
-        ours = {"eager": ours_loop(eager, prefix, params)}
+        ours = {"eager": ours_step(eager, prefix, params)}
         if eager.cpu_attention is not None:
             # The step as it was before tts.attention's C kernel (and, quantised, fp16 K/V): torch's
             # attention over a cache in the serving dtype, beside it.
-            ours["eager_torch_attention"] = ours_loop(case.decoder(t3, dtype, quant=quant, cpu_kernel_attention=False),
+            ours["eager_torch_attention"] = ours_step(case.decoder(t3, dtype, quant=quant, cpu_kernel_attention=False),
                                                       prefix, params)
         if compiled is not None:
-            ours["compiled"] = ours_loop(compiled, prefix, params)
+            ours["compiled"] = ours_step(compiled, prefix, params)
         # One untimed call of each first: the first call of a loop pays one-off set-up.
         for loop in ours.values():
             loop(2)
@@ -277,7 +283,7 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
                 except Exception as exc:
                     upstream_error = _err(exc)
             for variant, loop in ours.items():
-                samples[variant].append(step_time(loop, steps))
+                samples[variant].append(loop(steps))
             samples["floor"].append(_floor(eager, dtype))
         if dtype == torch.float32 and not quant:
             upstream_fp32, upstream_fp32_error = samples["upstream"], upstream_error

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # reads more than twice the filled cache, and a 1.6k-slot cache needs only 5 step graphs.
 KV_BUCKET = 128
 
+_FP16_MAX = torch.finfo(torch.float16).max
+
 
 class CancelFlag(Protocol):
     """Anything with threading.Event's is_set()."""
@@ -432,6 +434,7 @@ class T3Decoder:
             # each query up to its own position.
             mask = (torch.arange(kv_len, device=x.device) <= idx[:, None])[None, None]  # (1,1,S,kv_len)
         quantized, kernel = self.quantized, self.cpu_attention
+        fp16_kv = self.kv_dtype == torch.float16 and self.dtype != torch.float16
         # Fused q|k|v of the next layer: ONNX segments compute it with the previous layer's rest.
         qkv = quantized.entry(x) if quantized is not None else None
         for i, layer in enumerate(bb.typed_layers()):
@@ -439,6 +442,10 @@ class T3Decoder:
             v_cache = self.v_cache[i] if rows is None else self.v_cache[i, rows]
             if qkv is None:
                 qkv = layer.project(x)
+            if fp16_kv:
+                # fp16 tops out at 65504: a larger K/V entry stays finite rather than poisoning the
+                # softmax (one op on k|v; qkv is this step's own tensor).
+                qkv[..., self.q_size:].clamp_(-_FP16_MAX, _FP16_MAX)
             q, k, v = torch.split(qkv, [self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(bsz, seq, bb.n_heads, bb.head_dim).transpose(1, 2)  # (B, H, S, D)
             k = k.view(bsz, seq, bb.n_kv_heads, bb.head_dim).transpose(1, 2)
