@@ -66,13 +66,11 @@ class _Case:
                             prompt_tokens=None, device=torch.device("cpu"))
         return voice.cond_emb
 
-    def decoder(self, t3: Any, dtype: torch.dtype, quant: str | None = None, compile: bool = False,
-                cpu_kernel_attention: bool = True) -> Any:
+    def decoder(self, t3: Any, dtype: torch.dtype, quant: str | None = None, compile: bool = False) -> Any:
         from tts.t3 import T3Decoder, prefix_length
 
         max_len = prefix_length(self.family, t3.hp, len(self.raw_ids) + 2) + self.max_tokens + 1
-        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, quant=quant, compile=compile,
-                         cpu_kernel_attention=cpu_kernel_attention)
+        return T3Decoder(t3, self.family, dtype=dtype, max_len=max_len, quant=quant, compile=compile)
 
     def params(self, **overrides: Any) -> Any:
         from tts.t3 import SamplingParams
@@ -263,8 +261,7 @@ def run_family(case: _Case, dtypes: list[str], steps: int, repeats: int, compile
         if eager.cpu_attention is not None:
             # The step as it was before tts.attention's C kernel (and, quantised, fp16 K/V): torch's
             # attention over a cache in the serving dtype, beside it.
-            ours["eager_torch_attention"] = ours_step(case.decoder(t3, dtype, quant=quant, cpu_kernel_attention=False),
-                                                      prefix, params)
+            ours["eager_torch_attention"] = ours_step(eager.torch_attention_twin(), prefix, params)
         if compiled is not None:
             ours["compiled"] = ours_step(compiled, prefix, params)
         # One untimed call of each first: the first call of a loop pays one-off set-up.

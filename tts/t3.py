@@ -13,6 +13,7 @@ function is what `torch.compile` sees; KV lengths are bucketed so a handful of s
 from __future__ import annotations
 
 import abc
+import copy
 import logging
 import math
 import threading
@@ -349,10 +350,8 @@ class T3Decoder:
     """
 
     def __init__(self, t3: Any, family: Family, *, dtype: torch.dtype, max_len: int, quant: str | None = None,
-                 compile: bool = False, cpu_kernel_attention: bool = True) -> None:
+                 compile: bool = False) -> None:
         # `t3`: upstream's chatterbox T3 module (untyped, so Any at this boundary).
-        # `cpu_kernel_attention=False`: torch's attention over a cache in `dtype` even where the C
-        # kernel and fp16 K/V would serve (what `bench t3` measures the kernel against).
         self.t3 = t3
         self.family = family
         self.hp = t3.hp
@@ -377,8 +376,7 @@ class T3Decoder:
         # and other dtypes through torch.
         self.compiled = compile
         self.cpu_attention: CpuKernel | None = (
-            cpu_kernel() if cpu_kernel_attention and self.device.type == "cpu" and dtype == torch.float32
-            and not compile else None)
+            cpu_kernel() if self.device.type == "cpu" and dtype == torch.float32 and not compile else None)
         # Where the weights are quantised, K/V are kept in fp16 if the kernel reads it: half the bytes
         # of the step's second-largest read (Turbo's 375 conditioning positions), at a relative error
         # of about 3e-4 in the attention output, far below the weights' own.
@@ -401,6 +399,19 @@ class T3Decoder:
             functorch_config.enable_autograd_cache = True
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self._step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
+
+    def torch_attention_twin(self) -> T3Decoder:
+        """A decoder over the same weights (shared, not copied) whose steps attend in torch over a
+        cache in the serving dtype: the path before the C kernel, which `bench t3` measures beside it.
+        For eager decoders (a compiled one has no kernel to compare)."""
+        twin = copy.copy(self)
+        twin.cpu_attention, twin.kv_dtype = None, self.dtype
+        twin.k_cache = torch.zeros_like(self.k_cache, dtype=self.dtype)
+        twin.v_cache = torch.zeros_like(self.v_cache, dtype=self.dtype)
+        twin.seen = torch.zeros_like(self.seen)
+        twin._lock = threading.Lock()
+        twin._step = twin._decode_step  # its own caches: not the original's bound method
+        return twin
 
     def release_upstream_layers(self) -> None:
         """Drop upstream's transformer (the decoder has its own copies); frees half the memory.
