@@ -155,3 +155,39 @@ def test_a_shorter_first_prompt_shortens_only_the_first_window(vocoder: Vocoder)
     peak = np.abs(whole.audio).max()
     assert np.abs(short.audio[first:second] - whole.audio[first:second]).max() < 0.02 * peak
     np.testing.assert_allclose(short.audio[second:], whole.audio[second:], atol=1e-6)
+
+
+def _upstream_hift(seed: int) -> torch.nn.Module:
+    """HiFT as upstream's S3Gen builds it (its 24 kHz, 8x5x3 configuration), seeded random weights."""
+    from chatterbox.models.s3gen.f0_predictor import ConvRNNF0Predictor
+    from chatterbox.models.s3gen.hifigan import HiFTGenerator
+
+    torch.manual_seed(seed)
+    return HiFTGenerator(sampling_rate=24000, upsample_rates=[8, 5, 3], upsample_kernel_sizes=[16, 11, 7],
+                         source_resblock_kernel_sizes=[7, 7, 11],
+                         source_resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+                         f0_predictor=ConvRNNF0Predictor()).eval()
+
+
+@torch.inference_mode()
+def test_prepared_hift_is_upstreams_hift() -> None:
+    """Weight norm folded, fewer-pass Snakes and time-major narrow convolutions: the same waveform
+    and NSF source as upstream's HiFT (summation order aside), also with a cached source."""
+    from tts.vocoder import _ChannelsLastConv, prepare_hift
+
+    upstream, prepared = _upstream_hift(0), _upstream_hift(0)
+    prepare_hift(prepared, torch.float32)
+    assert sum(isinstance(m, _ChannelsLastConv) for m in prepared.modules()) > 40
+    mel = torch.randn(1, 80, 40, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(7)
+    expected, source = upstream.inference(speech_feat=mel)
+    torch.manual_seed(7)
+    got, got_source = prepared.inference(speech_feat=mel)
+    assert torch.equal(got_source, source)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-4
+    cache = source[:, :, : 8 * SAMPLES_PER_MEL]
+    torch.manual_seed(8)
+    expected, _ = upstream.inference(speech_feat=mel, cache_source=cache)
+    torch.manual_seed(8)
+    got, _ = prepared.inference(speech_feat=mel, cache_source=cache)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-4
