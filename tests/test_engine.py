@@ -222,3 +222,30 @@ def test_pipelined_t3_decodes_on_its_share_of_the_cores_without_changing_the_tok
     assert set(runs[False][1]) == {2}
     assert len(runs[True][0]) == 48
     assert runs[True][0] == runs[False][0]
+
+
+def test_the_vocoder_gets_every_core_back_once_t3_has_ended():
+    # `_Cores.reclaim` runs between a chunk's flow and its HiFT: nothing while T3's thread lives
+    # (two OpenMP teams on two cores throttle libgomp), every core once it has ended.
+    import threading
+
+    from tts.engine import _Cores
+
+    threads = torch.get_num_threads()
+    release = threading.Event()
+    try:
+        torch.set_num_threads(2)
+        cores = _Cores()
+        cores.reclaim()  # no T3 thread (inline decoding): nothing to do
+        torch.set_num_threads(1)  # the vocoder's share while T3 decodes
+        cores.worker = threading.Thread(target=release.wait)
+        cores.worker.start()
+        cores.reclaim()
+        assert torch.get_num_threads() == 1
+        release.set()
+        cores.worker.join()
+        cores.reclaim()
+        assert torch.get_num_threads() == 2
+    finally:
+        release.set()
+        torch.set_num_threads(threads)

@@ -313,7 +313,8 @@ class StreamingTTS:
         produced = 0
         target = schedule.next()
         halt = threading.Event()  # set when the consumer is done early: the decoder stops too
-        blocks = self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt, cancel, stats)
+        cores = _Cores()
+        blocks = self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt, cancel, stats, cores)
         try:
             for block in blocks:
                 if not produced:
@@ -330,7 +331,7 @@ class StreamingTTS:
                         block.last and len(tokens) - vocoder.emitted_tokens <= cfg.max_chunk_tokens):
                     if cancel is not None and cancel.is_set():
                         return
-                    pcm = vocoder.process(tokens, chunk=target)
+                    pcm = vocoder.process(tokens, chunk=target, after_flow=cores.reclaim)
                     chunk = self._emit(pcm, stats, start, vocoder)
                     schedule.emitted(target, len(pcm) / SAMPLE_RATE, stats.chunk_times[-1][0])
                     stats.chunk_tokens.append(target)
@@ -351,7 +352,7 @@ class StreamingTTS:
 
     def _decoded_blocks(self, prefix: torch.Tensor, cached: PrefixKV, budget: int, generator: torch.Generator,
                         halt: threading.Event, cancel: threading.Event | None,
-                        stats: SynthesisStats) -> Generator[Block, None, None]:
+                        stats: SynthesisStats, cores: _Cores) -> Generator[Block, None, None]:
         """T3's token blocks, the first one exactly what the first chunk needs; same tokens either way.
 
         Inline, or (tts.pipeline) the first block inline and the rest on a thread that keeps decoding
@@ -362,7 +363,8 @@ class StreamingTTS:
         the vocoder waits for tokens: a second thread running a multi-threaded operator gives the
         process more OpenMP workers than CPUs, and libgomp then wakes each parallel region through
         the kernel (a T3 step on two cores took 80 ms there against 50 ms on one; the paragraph's
-        RTF was 1.60-1.68 with such borrowing, 1.43-1.55 without). Ends early once `halt` or
+        RTF was 1.60-1.68 with such borrowing, 1.43-1.55 without). Once T3's thread has ended,
+        `cores.reclaim` gives the caller every core back mid-chunk. Ends early once `halt` or
         `cancel` is set.
         """
         stop = _AnyEvent(halt, cancel)
@@ -398,8 +400,8 @@ class StreamingTTS:
 
         worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
         worker.start()
-        threads = torch.get_num_threads()
         if split is not None:
+            cores.worker = worker
             torch.set_num_threads(split[1])  # the vocoder's share, until this request ends
         try:
             while (item := handoff.get()) is not None:
@@ -409,7 +411,7 @@ class StreamingTTS:
         finally:
             halt.set()
             worker.join()
-            torch.set_num_threads(threads)
+            torch.set_num_threads(cores.threads)
 
     @staticmethod
     def _emit(pcm: npt.NDArray[np.float32], stats: SynthesisStats, start: float,
@@ -435,6 +437,27 @@ def _timed(blocks: Generator[Block, None, None], stats: SynthesisStats) -> Gener
             yield block
     finally:
         blocks.close()  # an early exit releases the decoder now, not at garbage collection
+
+
+class _Cores:
+    """The caller's thread count while T3 decodes on its own thread with a share of the cores.
+
+    A chunk the vocoder starts while T3 is finishing the text would otherwise run to its end on the
+    vocoder's share: on two cores, the paragraph's last 100-token chunk took 3.6 s on one core
+    after T3 had ended during its flow. `reclaim` (called between a chunk's flow and its HiFT)
+    gives the caller every core back once T3's thread has ended, as the end of the request would.
+    The thread must have ended, not merely sent its last block: while it lives it keeps its own
+    OpenMP team, and more workers than CPUs make libgomp wake each parallel region through the
+    kernel (`StreamingTTS._decoded_blocks`).
+    """
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()  # every core the caller had: restored at the end
+        self.worker: threading.Thread | None = None  # T3's thread, when it runs on a share
+
+    def reclaim(self) -> None:
+        if self.worker is not None and not self.worker.is_alive() and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
 
 class _AnyEvent:

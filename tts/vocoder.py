@@ -12,6 +12,7 @@ that the previous chunk held back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,9 +251,12 @@ class StreamingVocoder:
         return n_tokens - self.emitted_tokens >= chunk + LOOKAHEAD
 
     @torch.inference_mode()
-    def process(self, tokens: list[int], *, chunk: int | None = None,
-                final: bool = False) -> npt.NDArray[np.float32]:
-        """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now."""
+    def process(self, tokens: list[int], *, chunk: int | None = None, final: bool = False,
+                after_flow: Callable[[], None] | None = None) -> npt.NDArray[np.float32]:
+        """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now.
+
+        `after_flow` runs between the chunk's flow and its HiFT (the engine hands back cores there).
+        """
         import time
 
         if final and self.tail:
@@ -266,6 +270,8 @@ class StreamingVocoder:
         t0 = time.perf_counter()
         mel = self._token2mel(window, start, finalize=final)  # (1, 80, 2*(end-start))
         new_mel = mel[:, :, (self.emitted_tokens - start) * MEL_PER_TOKEN :]
+        if after_flow is not None:
+            after_flow()
         t1 = time.perf_counter()
         pcm = self._mel2pcm(new_mel, final)
         self.hift_s += time.perf_counter() - t1
