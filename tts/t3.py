@@ -386,6 +386,12 @@ class T3Decoder:
         shape = (self.n_layers, self.rows, bb.n_kv_heads, self.max_len, bb.head_dim)
         self.k_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+        # A decode step's q and cache slices keep one layout: checked here once, not per layer and step.
+        if self.cpu_attention is not None and not self.cpu_attention.fits(
+                torch.zeros(self.rows, bb.n_heads, 1, bb.head_dim), self.k_cache[0, :, :, :1],
+                self.v_cache[0, :, :, :1]):
+            log.warning("decode attention runs in torch: the C kernel cannot read this cache's layout")
+            self.cpu_attention = None
         # Tokens seen so far (repetition penalty), as a mask over the speech vocabulary.
         self.seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
         self._step: Callable[..., Tensor] = self._decode_step
@@ -469,7 +475,7 @@ class T3Decoder:
             else:
                 keys = k_cache[:, :, :kv_len]  # (B, H, kv_len, D)
                 values = v_cache[:, :, :kv_len]
-                if seq == 1 and mask is None and kernel is not None and kernel.fits(q, keys, values):
+                if seq == 1 and mask is None and kernel is not None:  # layout checked at init
                     o = kernel(q, keys, values)
                 else:
                     attend = one_query_attention if seq == 1 else F.scaled_dot_product_attention
