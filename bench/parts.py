@@ -13,8 +13,9 @@ inline), `repeats` times each, interleaved:
   context + n + lookahead tokens), each as seconds per second of the chunk's audio, next to its
   compute floor: its FLOPs (torch's FlopCounterMode, convolutions and matrix products) over the
   fp32 matrix-multiply throughput measured here at that thread count.
-- **candidates** (one thread, the largest chunk's window, issue 12): the flow estimator as served
-  against int8 dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported
+- **candidates** (one thread, the largest chunk's window, issue 12): HiFT as served against its
+  narrow convolutions channel-major (upstream's layout; `tts.vocoder._ChannelsLastConv`); the flow
+  estimator as served against int8 dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported
   from the same module; only where `onnxruntime` is installed), each with its relative error to
   the served output; T3's linears (one decoded token through every backbone projection) in fp32,
   ONNX Runtime's blocked int8 and int4 (served on a CPU), fbgemm's dynamic int8, torch's
@@ -116,6 +117,40 @@ def estimator_candidates(engine: Any, frames: int, repeats: int) -> dict[str, An
         rows["onnxruntime fp32"] = {"error": "onnxruntime is not installed (pip install onnxruntime)"}
     else:
         rows["onnxruntime fp32"] = _onnxruntime_estimator(served, args, want, repeats, onnxruntime)
+    return {"frames": frames, "rows": rows}
+
+
+def hift_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
+    """HiFT on one (1, 80, frames) mel chunk: served vs its narrow convolutions channel-major (as
+    upstream runs them, the path before `tts.vocoder._ChannelsLastConv`), time and error."""
+    import copy
+
+    from tts.vocoder import _ChannelsLastConv
+
+    served = engine.s3gen.mel2wav
+    channel_major = copy.deepcopy(served)
+
+    def swap(parent: torch.nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, _ChannelsLastConv):
+                setattr(parent, name, child.channel_major())
+            else:
+                swap(child)
+
+    swap(channel_major)
+    mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(7)) - 5
+    no_cache = torch.zeros(1, 1, 0)
+
+    def run(hift: Any) -> torch.Tensor:
+        torch.manual_seed(0)  # the NSF source's phases and noise
+        wav: torch.Tensor = hift.inference(speech_feat=mel, cache_source=no_cache)[0]
+        return wav
+
+    want = run(served)
+    rows: dict[str, Any] = {}
+    for name, hift in (("served", served), ("channel-major convolutions", channel_major)):
+        got = run(hift)
+        rows[name] = {"call_s": _median_s(lambda h=hift: run(h), repeats).to_json(), "rel_err": _rel_err(got, want)}
     return {"frames": frames, "rows": rows}
 
 
@@ -324,6 +359,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
             window_frames = MEL_PER_TOKEN * (prompt_tokens + context + max(chunks) + LOOKAHEAD)
             results["candidates"] = {"threads": 1,
                                      "estimator": estimator_candidates(engine, window_frames, repeats),
+                                     "hift": hift_candidates(engine, MEL_PER_TOKEN * max(chunks), repeats),
                                      "t3_linears": t3_linear_candidates(decoder, repeats)}
     finally:
         torch.set_num_threads(before)
@@ -373,6 +409,10 @@ def report(results: dict[str, Any]) -> str:
         for name, row in c["estimator"]["rows"].items():
             lines.append(f"    {name:28s} " + (f"{Summary(**row['call_s']).fmt()}  rel. error {row['rel_err']:.2e}"
                                                if "call_s" in row else row["error"]))
+        if "hift" in c:
+            lines.append(f"  HiFT on {c['hift']['frames']} mel frames")
+            for name, row in c["hift"]["rows"].items():
+                lines.append(f"    {name:28s} {Summary(**row['call_s']).fmt()}  rel. error {row['rel_err']:.2e}")
         lines.append(f"  T3 linears for one token ({c['t3_linears']['projections']} projections)")
         for name, row in c["t3_linears"].items():
             if isinstance(row, dict):

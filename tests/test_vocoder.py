@@ -191,3 +191,7 @@ def test_prepared_hift_is_upstreams_hift() -> None:
     torch.manual_seed(8)
     got, _ = prepared.inference(speech_feat=mel, cache_source=cache)
     assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-4
+    # Each time-major convolution turns back into its upstream module (`bench parts` times both).
+    for conv in (m for m in prepared.modules() if isinstance(m, _ChannelsLastConv)):
+        x = torch.randn(1, conv.weight.shape[0 if conv.transposed else 1] * conv.groups, 50)
+        assert torch.allclose(conv.channel_major()(x), conv(x), atol=1e-5)

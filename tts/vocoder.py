@@ -128,6 +128,20 @@ class _ChannelsLastConv(torch.nn.Module):
         self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
         self.bias = conv.bias
 
+    def channel_major(self) -> torch.nn.Conv1d | torch.nn.ConvTranspose1d:
+        """The equivalent upstream module (channel-major; `bench parts` times the two side by side)."""
+        weight = self.weight[:, :, 0, :].contiguous()
+        if self.transposed:
+            conv: torch.nn.Conv1d | torch.nn.ConvTranspose1d = torch.nn.ConvTranspose1d(
+                weight.shape[0], weight.shape[1] * self.groups, weight.shape[2], self.stride[1], self.padding[1],
+                self.output_padding[1], self.groups, self.bias is not None, self.dilation[1])
+        else:
+            conv = torch.nn.Conv1d(weight.shape[1] * self.groups, weight.shape[0], weight.shape[2], self.stride[1],
+                                   self.padding[1], self.dilation[1], self.groups, self.bias is not None)
+        conv.weight = torch.nn.Parameter(weight, requires_grad=False)
+        conv.bias = self.bias
+        return conv.to(weight.device)
+
     def forward(self, x: Tensor) -> Tensor:
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # no copy when time-major
         if self.transposed:
