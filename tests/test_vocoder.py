@@ -195,3 +195,30 @@ def test_prepared_hift_is_upstreams_hift() -> None:
     for conv in (m for m in prepared.modules() if isinstance(m, _ChannelsLastConv)):
         x = torch.randn(1, conv.weight.shape[0 if conv.transposed else 1] * conv.groups, 50)
         assert torch.allclose(conv.channel_major()(x), conv(x), atol=1e-5)
+
+
+@torch.inference_mode()
+def test_snake_kernel_is_upstreams_snake_in_both_layouts(monkeypatch) -> None:
+    from chatterbox.models.s3gen.hifigan import Snake
+
+    import tts.native as native
+    from tts.vocoder import _Snake, snake_kernel
+
+    upstream = Snake(64, alpha_logscale=False)
+    upstream.alpha.data = torch.rand(64, generator=torch.Generator().manual_seed(1)) * 2 + 0.1
+    kernel = snake_kernel()
+    assert kernel is not None  # gcc is part of the setup
+    ours = _Snake(upstream, kernel)
+    x = torch.randn(1, 64, 3000, generator=torch.Generator().manual_seed(2)) * 4
+    time_major = x.transpose(1, 2).contiguous().transpose(1, 2)  # strides (C*T, 1, C)
+    strided = x[:, :, ::2]  # neither layout: the torch path
+    for got_from in (x, time_major, strided):
+        got = ours(got_from)
+        want = upstream(got_from)
+        assert got.stride() == got_from.stride() or got_from is strided
+        assert ((got - want).abs().max() / want.abs().max()).item() < 1e-6
+    # Without a compiler HiFT's Snakes run in torch; it is said once.
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setenv("CC", "false")
+    assert snake_kernel() is None
+    assert torch.allclose(_Snake(upstream, None)(x), upstream(x), atol=1e-5)

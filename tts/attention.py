@@ -3,30 +3,21 @@
 Two implementations of the same arithmetic: `one_query_attention` in torch (any device, any dtype,
 masks), and `CpuKernel`, a small C kernel (`one_query_attention.c`) that the CPU decoder uses for
 eager steps (fp32 queries over fp32 or fp16 keys and values) when the machine has a C compiler
-(Debian's gcc is part of `scripts/setup`: PyAudio builds with it). It is built once per process
-at load in a temporary directory (about half a second; nothing on disk to go stale); without a
-compiler the torch path runs and the log says so once.
+(Debian's gcc is part of `scripts/setup`: PyAudio builds with it), built once per process at load
+(`tts.native`); without a compiler the torch path runs and the log says so once.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import shlex
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+from tts import native
 
-SOURCE = Path(__file__).with_name("one_query_attention.c")
+SOURCE = "one_query_attention.c"
 
 
 def one_query_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -55,8 +46,7 @@ class CpuKernel:
     for a head run in one fixed order whatever the thread count.
     """
 
-    def __init__(self, library: Path) -> None:
-        lib = ctypes.CDLL(str(library))
+    def __init__(self, lib: ctypes.CDLL) -> None:
         self._fns: dict[torch.dtype, Any] = {}
         for dtype, name in ((torch.float32, "one_query_attention_f32"), (torch.float16, "one_query_attention_f16")):
             fn = getattr(lib, name, None)  # the fp16 one exists only where the CPU has F16C
@@ -91,37 +81,8 @@ class CpuKernel:
         return out
 
 
-_built: CpuKernel | None = None
-_tried = False
-_lock = threading.Lock()
-
-
 def cpu_kernel() -> CpuKernel | None:
-    """The C kernel, built on first use in this process; None (logged once) where it cannot be built."""
-    global _built, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                with tempfile.TemporaryDirectory(prefix="chatterd-attention-") as tmp:
-                    _built = CpuKernel(_compile(Path(tmp)))  # loaded: the file may go
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("decode attention runs in torch (slower on a CPU): the C kernel could not be "
-                            "built: %s", exc)
-        return _built
-
-
-def _compile(directory: Path) -> Path:
-    found = shutil.which("cc") or shutil.which("gcc")
-    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
-    if not compiler:
-        raise OSError("no C compiler (cc or gcc; $CC) on PATH")
-    out = directory / "one_query_attention.so"
-    base = [*compiler, "-O3", "-std=c11", "-shared", "-fPIC", "-o", str(out), str(SOURCE), "-lm"]
-    # -march=native for this machine's vector width; a compiler that lacks it gets the portable build.
-    for command in (base + ["-march=native"], base):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if done.returncode == 0:
-            log.debug("built %s: %s", out.name, " ".join(command))
-            return out
-    raise OSError(f"{' '.join(compiler)} failed: {done.stderr.strip()[-500:]}")
+    """The C kernel (built on first use in this process, `tts.native`); None (logged once) where it
+    cannot be built."""
+    lib = native.library(SOURCE, "decode attention")
+    return CpuKernel(lib) if lib is not None else None

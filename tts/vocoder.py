@@ -11,6 +11,7 @@ that the previous chunk held back.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tts import native
 from tts.families import S3GEN_SILENCE, FlowSpec
 from tts.flow_estimator import FlowEstimator
 
@@ -73,32 +75,58 @@ class _Bf16Conv(torch.nn.Module):
 
 
 class _Snake(torch.nn.Module):
-    """Upstream's Snake activation, x + sin(alpha x)^2 / alpha, with two allocations instead of five.
+    """Upstream's Snake activation, x + sin(alpha x)^2 / alpha, in fewer passes over x.
 
-    Upstream allocates a tensor for each of x * alpha, its sine, the square, the scaled square and
-    the sum; here the sine and square are in place and the last two are one addcmul (four passes
-    over x instead of five). On a CPU
-    HiFT's Snakes are about a quarter of its time (its largest tensors: 64 channels x 480 samples
-    per mel frame), mostly the sine itself, so this saves only ~3% of HiFT; the output is
-    upstream's (bit-identical on the random checkpoint's 208-frame window).
+    On a CPU, fp32 tensors in either of HiFT's layouts (channel-major, or time-major between
+    `_ChannelsLastConv`s) go through `tts/snake.c`: one read and one write per element and a
+    polynomial sine, ~4x faster than ATen's (64 channels x 24,000 samples, one core: 1.1 against
+    4.2 ms; HiFT's Snakes were ~11% of its time), within 2e-7 of upstream's output relative to its
+    largest value. Elsewhere (CUDA, no C compiler) torch computes it with two allocations instead
+    of upstream's five (the sine and square in place, the rest one addcmul): the same output.
     """
 
     alpha: Tensor
     inv_alpha: Tensor
 
-    def __init__(self, snake: Any) -> None:
-        # `snake`: one of upstream's hifigan.Snake modules (untyped, so Any at this boundary).
+    def __init__(self, snake: Any, kernel: Any = None) -> None:
+        # `snake`: one of upstream's hifigan.Snake modules (untyped, so Any at this boundary);
+        # `kernel`: snake.c's ctypes function (`snake_kernel()`), None for the torch path.
         super().__init__()
         alpha = snake.alpha.detach()
         if snake.alpha_logscale:
             alpha = alpha.exp()
         self.register_buffer("alpha", alpha[None, :, None].clone())  # (1, C, 1)
         self.register_buffer("inv_alpha", 1.0 / (self.alpha + snake.no_div_by_zero))
+        self.kernel = kernel
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3:
+            n, channels, frames = x.shape
+            if x.is_contiguous():  # (N, C, T): a row per channel
+                rows, cols, per_column = n * channels, frames, 0
+            elif x.transpose(1, 2).is_contiguous():  # time-major (N, T, C) storage: a row per sample
+                rows, cols, per_column = n * frames, channels, 1
+            else:
+                rows = 0
+            if rows:
+                y = torch.empty_like(x)  # keeps x's layout
+                self.kernel(x.data_ptr(), y.data_ptr(), self.alpha.data_ptr(), self.inv_alpha.data_ptr(),
+                            rows, cols, channels, per_column)
+                return y
         s = torch.mul(x, self.alpha)
         s.sin_().square_()
         return torch.addcmul(x, s, self.inv_alpha)
+
+
+def snake_kernel() -> Any:
+    """snake.c's `snake_f32` (built once per process, `tts.native`), or None where it cannot be built."""
+    lib = native.library("snake.c", "HiFT's Snake activation")
+    if lib is None:
+        return None
+    fn = lib.snake_f32
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    return fn
 
 
 class _ChannelsLastConv(torch.nn.Module):
@@ -163,10 +191,10 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
 
     Weight norm is folded into plain weights (upstream recomputes every normalised weight on every
     call, ~7% of HiFT's time; the output is identical), and each Snake activation computes in
-    fewer passes (`_Snake`). With bf16, the convolutions, 70% of HiFT's time on a CPU, run with
-    bf16 weights (~25% faster at ~0.4% relative error on a chunk). In fp32 on a CPU the
-    convolutions of its narrow stages run time-major (`_ChannelsLastConv`: HiFT 1.1-1.3x on one
-    core, the same output up to summation order).
+    fewer passes (`_Snake`; on a CPU in one, `tts/snake.c`). With bf16, the convolutions, 70% of
+    HiFT's time on a CPU, run with bf16 weights (~25% faster at ~0.4% relative error on a chunk).
+    In fp32 on a CPU the convolutions of its narrow stages run time-major (`_ChannelsLastConv`:
+    HiFT 1.2x on one core, the same output up to summation order).
     """
     from chatterbox.models.s3gen.hifigan import Snake
     from torch.nn.utils import parametrize
@@ -177,11 +205,12 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
                 parametrize.remove_parametrizations(module, name)
 
     on_cpu = next(hift.parameters()).device.type == "cpu"
+    kernel = snake_kernel() if on_cpu else None
 
     def swap(parent: torch.nn.Module) -> None:
         for name, child in parent.named_children():
             if isinstance(child, Snake):
-                setattr(parent, name, _Snake(child))
+                setattr(parent, name, _Snake(child, kernel))
             elif isinstance(child, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
                 if dtype == torch.bfloat16:
                     setattr(parent, name, _Bf16Conv(child))
