@@ -14,9 +14,10 @@ inline), `repeats` times each, interleaved:
   compute floor: its FLOPs (torch's FlopCounterMode, convolutions and matrix products) over the
   fp32 matrix-multiply throughput measured here at that thread count.
 - **candidates** (one thread, the largest chunk's window, issue 12): HiFT as served against its
-  narrow convolutions channel-major (upstream's layout; `tts.vocoder._ChannelsLastConv`); the flow
-  estimator as served against int8 dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported
-  from the same module; only where `onnxruntime` is installed), each with its relative error to
+  narrow convolutions channel-major (upstream's layout; `tts.vocoder._ChannelsLastConv`), its
+  Snakes in torch (without `tts/snake.c`) and both; the flow estimator as served against int8
+  dynamic-quantized linears, real bf16 weights, and ONNX Runtime (fp32, exported from the same
+  module; only where `onnxruntime` is installed), each with its relative error to
   the served output; T3's linears (one decoded token through every backbone projection) in fp32,
   ONNX Runtime's blocked int8 and int4 (served on a CPU), fbgemm's dynamic int8, torch's
   weight-only int8 and int4 kernels.
@@ -122,22 +123,29 @@ def estimator_candidates(engine: Any, frames: int, repeats: int) -> dict[str, An
 
 def hift_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
     """HiFT on one (1, 80, frames) mel chunk: served vs its narrow convolutions channel-major (as
-    upstream runs them, the path before `tts.vocoder._ChannelsLastConv`), time and error."""
+    upstream runs them, the path before `tts.vocoder._ChannelsLastConv`), vs its Snakes in torch
+    (without `tts/snake.c`), and vs both, each with its time and error."""
     import copy
 
-    from tts.vocoder import _ChannelsLastConv
+    from tts.vocoder import _ChannelsLastConv, _Snake
 
     served = engine.s3gen.mel2wav
-    channel_major = copy.deepcopy(served)
 
-    def swap(parent: torch.nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, _ChannelsLastConv):
-                setattr(parent, name, child.channel_major())
-            else:
-                swap(child)
+    def variant(convs_channel_major: bool, torch_snakes: bool) -> Any:
+        hift = copy.deepcopy(served)
 
-    swap(channel_major)
+        def swap(parent: torch.nn.Module) -> None:
+            for name, child in parent.named_children():
+                if isinstance(child, _ChannelsLastConv) and convs_channel_major:
+                    setattr(parent, name, child.channel_major())
+                elif isinstance(child, _Snake) and torch_snakes:
+                    child.fused = False
+                else:
+                    swap(child)
+
+        swap(hift)
+        return hift
+
     mel = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(7)) - 5
     no_cache = torch.zeros(1, 1, 0)
 
@@ -148,7 +156,8 @@ def hift_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
 
     want = run(served)
     rows: dict[str, Any] = {}
-    for name, hift in (("served", served), ("channel-major convolutions", channel_major)):
+    for name, hift in (("served", served), ("channel-major convolutions", variant(True, False)),
+                       ("torch Snakes", variant(False, True)), ("both (before)", variant(True, True))):
         got = run(hift)
         rows[name] = {"call_s": _median_s(lambda h=hift: run(h), repeats).to_json(), "rel_err": _rel_err(got, want)}
     return {"frames": frames, "rows": rows}

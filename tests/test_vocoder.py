@@ -206,9 +206,8 @@ def test_snake_kernel_is_upstreams_snake_in_both_layouts(monkeypatch) -> None:
 
     upstream = Snake(64, alpha_logscale=False)
     upstream.alpha.data = torch.rand(64, generator=torch.Generator().manual_seed(1)) * 2 + 0.1
-    kernel = snake_kernel()
-    assert kernel is not None  # gcc is part of the setup
-    ours = _Snake(upstream, kernel)
+    assert snake_kernel() is not None  # gcc is part of the setup
+    ours = _Snake(upstream, fused=True)
     x = torch.randn(1, 64, 3000, generator=torch.Generator().manual_seed(2)) * 4
     time_major = x.transpose(1, 2).contiguous().transpose(1, 2)  # strides (C*T, 1, C)
     strided = x[:, :, ::2]  # neither layout: the torch path
@@ -221,4 +220,21 @@ def test_snake_kernel_is_upstreams_snake_in_both_layouts(monkeypatch) -> None:
     monkeypatch.setattr(native, "_libraries", {})
     monkeypatch.setenv("CC", "false")
     assert snake_kernel() is None
-    assert torch.allclose(_Snake(upstream, None)(x), upstream(x), atol=1e-5)
+    assert torch.allclose(ours(x), upstream(x), atol=1e-5)  # a fused Snake falls back to torch
+
+
+@torch.inference_mode()
+def test_bench_parts_times_hift_against_its_path_before() -> None:
+    from types import SimpleNamespace
+
+    from bench.parts import hift_candidates
+    from tts.vocoder import prepare_hift
+
+    served = _upstream_hift(0)
+    prepare_hift(served, torch.float32)
+    result = hift_candidates(SimpleNamespace(s3gen=SimpleNamespace(mel2wav=served)), frames=12, repeats=1)
+    rows = result["rows"]
+    assert list(rows) == ["served", "channel-major convolutions", "torch Snakes", "both (before)"]
+    assert rows["served"]["rel_err"] == 0.0
+    for row in rows.values():
+        assert row["call_s"]["median"] > 0 and row["rel_err"] < 1e-4

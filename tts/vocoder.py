@@ -88,19 +88,21 @@ class _Snake(torch.nn.Module):
     alpha: Tensor
     inv_alpha: Tensor
 
-    def __init__(self, snake: Any, kernel: Any = None) -> None:
+    def __init__(self, snake: Any, fused: bool = False) -> None:
         # `snake`: one of upstream's hifigan.Snake modules (untyped, so Any at this boundary);
-        # `kernel`: snake.c's ctypes function (`snake_kernel()`), None for the torch path.
+        # `fused`: through `snake_kernel()` where it can (a flag, not the ctypes function: the
+        # module stays copyable).
         super().__init__()
         alpha = snake.alpha.detach()
         if snake.alpha_logscale:
             alpha = alpha.exp()
         self.register_buffer("alpha", alpha[None, :, None].clone())  # (1, C, 1)
         self.register_buffer("inv_alpha", 1.0 / (self.alpha + snake.no_div_by_zero))
-        self.kernel = kernel
+        self.fused = fused
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernel is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3:
+        kernel = snake_kernel() if self.fused and x.device.type == "cpu" else None
+        if kernel is not None and x.dtype == torch.float32 and x.dim() == 3:
             n, channels, frames = x.shape
             if x.is_contiguous():  # (N, C, T): a row per channel
                 rows, cols, per_column = n * channels, frames, 0
@@ -110,7 +112,7 @@ class _Snake(torch.nn.Module):
                 rows = 0
             if rows:
                 y = torch.empty_like(x)  # keeps x's layout
-                self.kernel(x.data_ptr(), y.data_ptr(), self.alpha.data_ptr(), self.inv_alpha.data_ptr(),
+                kernel(x.data_ptr(), y.data_ptr(), self.alpha.data_ptr(), self.inv_alpha.data_ptr(),
                             rows, cols, channels, per_column)
                 return y
         s = torch.mul(x, self.alpha)
@@ -123,9 +125,10 @@ def snake_kernel() -> Any:
     lib = native.library("snake.c", "HiFT's Snake activation")
     if lib is None:
         return None
-    fn = lib.snake_f32
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    fn = lib.snake_f32  # the same object on every lookup (ctypes keeps it on the library)
+    if fn.argtypes is None:
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
     return fn
 
 
@@ -205,12 +208,12 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
                 parametrize.remove_parametrizations(module, name)
 
     on_cpu = next(hift.parameters()).device.type == "cpu"
-    kernel = snake_kernel() if on_cpu else None
+    fused = on_cpu and snake_kernel() is not None
 
     def swap(parent: torch.nn.Module) -> None:
         for name, child in parent.named_children():
             if isinstance(child, Snake):
-                setattr(parent, name, _Snake(child, kernel))
+                setattr(parent, name, _Snake(child, fused))
             elif isinstance(child, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
                 if dtype == torch.bfloat16:
                     setattr(parent, name, _Bf16Conv(child))
