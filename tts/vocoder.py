@@ -102,7 +102,7 @@ class _Snake(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         kernel = snake_kernel() if self.fused and x.device.type == "cpu" else None
-        if kernel is not None and x.dtype == torch.float32 and x.dim() == 3:
+        if kernel is not None and x.dtype == self.alpha.dtype == torch.float32 and x.dim() == 3:
             n, channels, frames = x.shape
             if x.is_contiguous():  # (N, C, T): a row per channel
                 rows, cols, per_column = n * channels, frames, 0
@@ -113,7 +113,7 @@ class _Snake(torch.nn.Module):
             if rows:
                 y = torch.empty_like(x)  # keeps x's layout
                 kernel(x.data_ptr(), y.data_ptr(), self.alpha.data_ptr(), self.inv_alpha.data_ptr(),
-                            rows, cols, channels, per_column)
+                       rows, cols, channels, per_column)
                 return y
         s = torch.mul(x, self.alpha)
         s.sin_().square_()
