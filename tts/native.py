@@ -28,8 +28,11 @@ _lock = threading.Lock()
 def library(source: str, purpose: str) -> ctypes.CDLL | None:
     """The library built from `tts/<source>` in this process, or None (warned once per source).
 
-    `purpose` names what falls back to torch in that warning ("decode attention", ...).
+    `purpose` names what falls back to torch in that warning ("decode attention", ...). Once
+    tried, a lookup takes no lock: HiFT's Snakes ask on every call (72 per chunk).
     """
+    if source in _libraries:
+        return _libraries[source]
     with _lock:
         if source not in _libraries:
             try:
