@@ -41,7 +41,8 @@ class Streamed:
 
 def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, schedule: ChunkSchedule,
                 flow_steps: int, context_tokens: int, crossfade_ms: float, seed: int, flow_cfg_rate: float,
-                estimator: FlowEstimator | None = None, first_prompt_tokens: int | None = None) -> Streamed:
+                estimator: FlowEstimator | None = None, first_prompt_tokens: int | None = None,
+                lean_below_s: float = 0.0) -> Streamed:
     generator = torch.Generator().manual_seed(seed)
     vocoder = StreamingVocoder(s3gen, prompt, max_tokens=len(tokens), flow=flow, flow_steps=flow_steps,
                                context_tokens=context_tokens, crossfade_ms=crossfade_ms, generator=generator,
@@ -57,7 +58,8 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: Flo
         if not vocoder.ready(available, target):
             break
         t0 = time.perf_counter()
-        chunks.append(vocoder.process(tokens[:available], chunk=target))
+        lean = schedule.buffered_s < lean_below_s  # as the engine decides (without timings: always)
+        chunks.append(vocoder.process(tokens[:available], chunk=target, lean=lean))
         if len(chunks) == 1:
             first_chunk_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -139,7 +141,7 @@ def ref_dict_of(prompt: VoicePrompt) -> dict[str, Any]:
 def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpec, seed: int,
             flow_steps: int, context_tokens: int, crossfade_ms: float, schedule: tuple[int, int, float, int],
             seed_chunk: int, seed_context: int, flow_cfg_rate: float,
-            first_prompt_tokens: int | None = None) -> dict[str, Any]:
+            first_prompt_tokens: int | None = None, lean_below_s: float = 0.0) -> dict[str, Any]:
     """Ours and the seed's method against one-shot vocoding of `tokens`; lower is better everywhere.
 
     `flow`: the family's flow decoder; `flow_steps`, `flow_cfg_rate` as the engine resolved them.
@@ -148,7 +150,8 @@ def compare(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: FlowSpe
                          flow_cfg_rate=flow_cfg_rate)
     ours = stream_ours(s3gen, prompt, tokens, flow=flow, schedule=ChunkSchedule(*schedule), flow_steps=flow_steps,
                        context_tokens=context_tokens, crossfade_ms=crossfade_ms, seed=seed,
-                       flow_cfg_rate=flow_cfg_rate, first_prompt_tokens=first_prompt_tokens)
+                       flow_cfg_rate=flow_cfg_rate, first_prompt_tokens=first_prompt_tokens,
+                       lean_below_s=lean_below_s)
     torch.manual_seed(seed)
     seed_method = stream_seed_method(s3gen, ref_dict_of(prompt), tokens, chunk_size=seed_chunk,
                                      context_window=seed_context)

@@ -280,7 +280,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
     prompt_tokens = voice.prompt.tokens.shape[1]
     context = engine.resolved.context_tokens
     cfg = engine.config
-    chunks = sorted({engine.resolved.first_chunk_tokens, cfg.chunk_tokens, 50, cfg.max_chunk_tokens})
+    chunks = sorted({engine.resolved.first_chunk_tokens, engine.resolved.chunk_tokens, 50, cfg.max_chunk_tokens})
     token_s = 1 / 25  # one speech token = 40 ms of audio
 
     with torch.inference_mode():

@@ -157,6 +157,29 @@ def test_a_shorter_first_prompt_shortens_only_the_first_window(vocoder: Vocoder)
     np.testing.assert_allclose(short.audio[second:], whole.audio[second:], atol=1e-6)
 
 
+
+def test_lean_chunks_run_behind_the_first_prompt_and_the_final_one_behind_the_whole(vocoder: Vocoder) -> None:
+    from tts.vocoder import window_frames
+
+    flow = vocoder.family.flow
+    tokens = _tokens(31, seed=3)
+    estimator = FlowEstimator(vocoder.s3gen.flow.decoder.estimator, compile=False, bucketed=False)
+    calls: list[int] = []
+    run = estimator._forward
+    estimator._forward = lambda x, *rest: calls.append(x.shape[-1]) or run(x, *rest)  # type: ignore[method-assign]
+    # No timings reach this schedule, so its queue reads empty: every chunk but the final is lean.
+    lean = fidelity.stream_ours(
+        vocoder.s3gen, vocoder.prompt, tokens, flow=flow, schedule=ChunkSchedule(5, 8, 2.0, 16), flow_steps=1,
+        context_tokens=8, crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate, estimator=estimator,
+        first_prompt_tokens=10, lean_below_s=1.0)
+    prompt_frames = vocoder.prompt.mels.shape[1]
+    # Windows: 5 new tokens (no context yet), then 8 behind 5 of context, then the final rest.
+    assert calls[0] == (10 + 5) * MEL_PER_TOKEN
+    assert calls[1] == (10 + 5 + 8) * MEL_PER_TOKEN
+    assert calls[-1] > prompt_frames  # the final window sees the whole prompt again
+    assert set(calls[:-1]) <= set(window_frames(vocoder.prompt, 8, 16, 10, lean=True))  # warmed up
+    assert len(lean.audio) > 0 and np.isfinite(lean.audio).all()
+
 def _upstream_hift(seed: int) -> torch.nn.Module:
     """HiFT as upstream's S3Gen builds it (its 24 kHz, 8x5x3 configuration), seeded random weights."""
     from chatterbox.models.s3gen.f0_predictor import ConvRNNF0Predictor

@@ -55,10 +55,10 @@ class TTSConfig:
     # chunk as large as the audio queued ahead of playback covers (its synthesis may take at most
     # `chunk_headroom` of that audio's duration), between `chunk_tokens` and `max_chunk_tokens`.
     # When synthesis is slower than playback, chunks grow by `chunk_growth` instead (never shrinking
-    # while it stays slower).
-    # null = the device profile's (tts/profiles.py: CPU 6, GPU 10).
+    # while it stays slower). null = the device profile's (tts/profiles.py: first CPU 6, GPU 10;
+    # chunk_tokens CPU 8, GPU 25).
     first_chunk_tokens: int | None = None
-    chunk_tokens: int = 25
+    chunk_tokens: int | None = None
     chunk_growth: float = 2.0
     max_chunk_tokens: int = 100
     chunk_headroom: float = 0.5
@@ -78,6 +78,10 @@ class TTSConfig:
     # waits for that chunk, and with the whole prompt most of its flow window is prompt. null = the
     # device profile's (CPU 25, i.e. 1 s; GPU the whole prompt_tokens).
     first_prompt_tokens: int | None = None
+    # While less audio than this (seconds) is queued ahead of playback, a chunk runs behind the
+    # first chunk's shorter prompt too (a "lean" chunk: fewer flow frames, so it is ready sooner).
+    # null = the device profile's (CPU 1.0; GPU 0: never).
+    lean_below_s: float | None = None
     # Crossfade at chunk seams, milliseconds.
     crossfade_ms: float = 20.0
     # Decode T3 on its own thread (and CUDA stream) while the vocoder works on the previous chunk.
@@ -125,9 +129,10 @@ class TTSConfig:
              "flow_cfg_rate must be 0 or null for the turbo model: its meanflow decoder has CFG distilled in"),
             (self.first_chunk_tokens is None or self.first_chunk_tokens >= 1,
              "first_chunk_tokens must be >= 1 or null"),
-            (self.chunk_tokens >= 1, "chunk_tokens must be >= 1"),
+            (self.chunk_tokens is None or self.chunk_tokens >= 1, "chunk_tokens must be >= 1 or null"),
+            (self.lean_below_s is None or self.lean_below_s >= 0, "lean_below_s must be >= 0 or null"),
             (self.chunk_growth >= 1, "chunk_growth must be >= 1"),
-            (self.max_chunk_tokens >= self.chunk_tokens, "max_chunk_tokens must be >= chunk_tokens"),
+            (self.max_chunk_tokens >= (self.chunk_tokens or 1), "max_chunk_tokens must be >= chunk_tokens"),
             (0 < self.chunk_headroom <= 1, "chunk_headroom must be in (0, 1]"),
             (self.context_tokens is None or self.context_tokens >= 0, "context_tokens must be >= 0 or null"),
             (unset_or(self.flow_steps, 1 <= (self.flow_steps or 0) <= 50), "flow_steps must be in 1..50"),

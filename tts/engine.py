@@ -158,6 +158,7 @@ class StreamingTTS:
             "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
+            "chunk_tokens": self.resolved.chunk_tokens, "lean_below_s": self.resolved.lean_below_s,
             "context_tokens": self.resolved.context_tokens, "prompt_tokens": self.resolved.prompt_tokens,
             "first_prompt_tokens": self.resolved.first_prompt_tokens,
             "threads": torch.get_num_threads(),
@@ -213,7 +214,7 @@ class StreamingTTS:
         t3_buckets = self.decoder.buckets_for(shortest, self.decoder.max_len - shortest - 1) if cfg.compile else []
         frames = [n for voice in self.voice_bank
                   for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens,
-                                         self.resolved.first_prompt_tokens)]
+                                         self.resolved.first_prompt_tokens, lean=self.resolved.lean_below_s > 0)]
         flow_buckets = {bucket(n) for n in frames} if self.flow_estimator.bucketed else set()
         total = len(t3_buckets) + len(flow_buckets) + 1
         if t3_buckets:
@@ -229,7 +230,7 @@ class StreamingTTS:
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
-        for _ in self.stream(words, max_tokens=self.resolved.first_chunk_tokens + cfg.chunk_tokens + LOOKAHEAD,
+        for _ in self.stream(words, max_tokens=self.resolved.first_chunk_tokens + self.resolved.chunk_tokens + LOOKAHEAD,
                              stats=stats):
             pass
         _report(progress, total, total, "end-to-end request")
@@ -307,7 +308,7 @@ class StreamingTTS:
                                    crossfade_ms=cfg.crossfade_ms, generator=generator,
                                    flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator,
                                    first_prompt_tokens=self.resolved.first_prompt_tokens)
-        schedule = ChunkSchedule(self.resolved.first_chunk_tokens, cfg.chunk_tokens, cfg.chunk_growth,
+        schedule = ChunkSchedule(self.resolved.first_chunk_tokens, self.resolved.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=queued_s)
         tokens: list[int] = []
         produced = 0
@@ -331,7 +332,9 @@ class StreamingTTS:
                         block.last and len(tokens) - vocoder.emitted_tokens <= cfg.max_chunk_tokens):
                     if cancel is not None and cancel.is_set():
                         return
-                    pcm = vocoder.process(tokens, chunk=target, after_flow=cores.reclaim)
+                    # A lean chunk (the first prompt's fewer flow frames) while the queue is thin.
+                    lean = schedule.buffered_s < self.resolved.lean_below_s
+                    pcm = vocoder.process(tokens, chunk=target, lean=lean, after_flow=cores.reclaim)
                     chunk = self._emit(pcm, stats, start, vocoder)
                     schedule.emitted(target, len(pcm) / SAMPLE_RATE, stats.chunk_times[-1][0])
                     stats.chunk_tokens.append(target)

@@ -227,9 +227,10 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: int,
-                  first_prompt_tokens: int | None = None) -> list[int]:
+                  first_prompt_tokens: int | None = None, *, lean: bool = False) -> list[int]:
     """Every flow length a request can run with this prompt: prompt + 1..context+chunk+lookahead tokens,
-    and a first chunk's behind the shorter first prompt (`StreamingVocoder`'s first_prompt_tokens)."""
+    and a first chunk's behind the shorter first prompt (`StreamingVocoder`'s first_prompt_tokens);
+    with `lean`, also lean chunks' (that shorter prompt, with context)."""
     def lengths(p: VoicePrompt, tokens: int) -> range:
         first = p.mels.shape[1] + MEL_PER_TOKEN
         return range(first, first + MEL_PER_TOKEN * tokens, MEL_PER_TOKEN)
@@ -237,7 +238,7 @@ def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: in
     short = prompt.tail(first_prompt_tokens)
     every = set(lengths(prompt, context_tokens + max_chunk_tokens + LOOKAHEAD))
     if short is not prompt:
-        every.update(lengths(short, max_chunk_tokens + LOOKAHEAD))
+        every.update(lengths(short, (context_tokens if lean else 0) + max_chunk_tokens + LOOKAHEAD))
     return sorted(every)
 
 
@@ -255,7 +256,8 @@ class StreamingVocoder:
         # `first_prompt_tokens`: the first (non-final) chunk runs behind only the prompt's last this
         # many tokens (None: all of it). Its flow window is mostly prompt (a 6-token chunk behind a
         # 50-token prompt: 100 of 118 frames) and first audio waits for it; later chunks, which
-        # overlap it by `context_tokens` and crossfade with it, see the whole prompt again.
+        # overlap it by `context_tokens` and crossfade with it, see the whole prompt again, but
+        # for lean ones (`process(lean=True)`: the engine's while the player's queue is thin).
         self.flow = s3gen.flow
         self.estimator = estimator or FlowEstimator(s3gen.flow.decoder.estimator, compile=False)
         self.hift = s3gen.mel2wav
@@ -298,10 +300,12 @@ class StreamingVocoder:
 
     @torch.inference_mode()
     def process(self, tokens: list[int], *, chunk: int | None = None, final: bool = False,
-                after_flow: Callable[[], None] | None = None) -> npt.NDArray[np.float32]:
+                lean: bool = False, after_flow: Callable[[], None] | None = None) -> npt.NDArray[np.float32]:
         """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now.
 
-        `after_flow` runs between the chunk's flow and its HiFT (the engine hands back cores there).
+        `lean`: a non-final chunk runs behind the first chunk's shorter prompt (fewer flow frames: a
+        small chunk behind 50 prompt and 25 context tokens is mostly prompt). `after_flow` runs
+        between the chunk's flow and its HiFT (the engine hands back cores there).
         """
         import time
 
@@ -314,7 +318,8 @@ class StreamingVocoder:
         window_end = len(tokens) if final else end + LOOKAHEAD
         window = torch.tensor([tokens[start:window_end]], dtype=torch.long, device=self.noise.device)
         t0 = time.perf_counter()
-        mel = self._token2mel(window, start, finalize=final)  # (1, 80, 2*(end-start))
+        mel = self._token2mel(window, start, short_prompt=(self.first or lean) and not final,
+                              finalize=final)  # (1, 80, 2*(end-start))
         new_mel = mel[:, :, (self.emitted_tokens - start) * MEL_PER_TOKEN :]
         if after_flow is not None:
             after_flow()
@@ -325,9 +330,9 @@ class StreamingVocoder:
         self.emitted_tokens = end
         return pcm
 
-    def _token2mel(self, window: Tensor, start: int, finalize: bool) -> Tensor:
+    def _token2mel(self, window: Tensor, start: int, short_prompt: bool, finalize: bool) -> Tensor:
         flow = self.flow
-        prompt = self.first_prompt if self.first and not finalize else self.prompt
+        prompt = self.first_prompt if short_prompt else self.prompt
         tokens = torch.cat([prompt.tokens, window], dim=1)  # (1, P + W)
         lengths = torch.tensor([tokens.shape[1]], device=tokens.device)
         x = flow.input_embedding(tokens)  # (1, P + W, 512)
