@@ -177,7 +177,8 @@ def _fidelity(engine: Any, text: str, language: str, tokens: int, seed: int) -> 
         engine.s3gen, engine.voice_bank.get(None).prompt, ids, flow=engine.family.flow, seed=seed,
         flow_steps=resolved.flow_steps, flow_cfg_rate=resolved.flow_cfg_rate, context_tokens=resolved.context_tokens,
         crossfade_ms=cfg.crossfade_ms, first_prompt_tokens=resolved.first_prompt_tokens,
-        lean_below_s=resolved.lean_below_s, schedule=(resolved.first_chunk_tokens, resolved.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens),
+        lean_below_s=resolved.lean_below_s,
+        schedule=(resolved.first_chunk_tokens, resolved.chunk_tokens, cfg.chunk_growth, cfg.max_chunk_tokens),
         seed_chunk=25, seed_context=50)
 
 

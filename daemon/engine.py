@@ -66,12 +66,14 @@ class SpeechEngine(Protocol):
         cancel: threading.Event | None = None,
         *,
         queued_s: float = 0.0,
+        then: str | None = None,
     ) -> Iterator[npt.NDArray[np.float32]]:
         """Yield float32 mono PCM chunks while synthesis continues; stop early once `cancel` is set.
 
         `language` None = `default_language`. `queued_s`: audio of the same request still queued
-        for playback (earlier sentences); the engine may size its chunks by it. Raises the
-        `tts.errors` types mapped by `error_code`.
+        for playback (earlier sentences); the engine may size its chunks by it. `then`: the text
+        this request speaks next (same voice and language), which the engine may start on early.
+        Raises the `tts.errors` types mapped by `error_code`.
         """
         ...
 

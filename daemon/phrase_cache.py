@@ -67,6 +67,11 @@ class PhraseCache:
         blob = json.dumps([self._identity, voice, language, text], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
 
+    def __contains__(self, key: str) -> bool:
+        """Whether `key` has an entry (that `get` may still find unreadable)."""
+        with self._lock:
+            return key in self._index
+
     def get(self, key: str) -> FloatPCM | None:
         """The cached audio (float32 mono), or None; a hit becomes the most recently used entry."""
         path = self._path(key)

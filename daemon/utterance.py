@@ -2,8 +2,9 @@
 
 A request is spoken sentence by sentence (`tts.text.split_sentences`; with `group_sentences` the
 sentences after the first share engine calls, `tts.text.group_sentences`) into one `AudioOut`: while
-the destination plays (or sends) sentence n, this thread already produces sentence n+1, and the
-request still gets one `started` and one `finished`. A stop or cancel is seen between chunks and
+the destination plays (or sends) sentence n, this thread already produces sentence n+1 (and the
+engine, told the next sentence, decodes its tokens while it vocodes this one), and the request
+still gets one `started` and one `finished`. A stop or cancel is seen between chunks and
 between sentences, so the engine is free again within one chunk. With a phrase cache, a sentence
 heard before comes from disk instead of the engine (`cached` in `started`/`finished`).
 
@@ -112,10 +113,11 @@ class Synthesizer:
         if self._group_sentences:
             sentences = group_sentences(sentences, self._max_sentence_chars, request.language)
         try:
-            for sentence in sentences:
+            for index, sentence in enumerate(sentences):
                 if utterance.cancel.is_set():
                     break
-                self._sentence(utterance, out, sentence, voice)
+                following = sentences[index + 1] if index + 1 < len(sentences) else None
+                self._sentence(utterance, out, sentence, voice, following)
         except BaseException:
             out.stop()  # cut the audio of a failed request; the worker reports the error
             raise
@@ -123,10 +125,14 @@ class Synthesizer:
         out.end()
         return synth_s
 
-    def _sentence(self, utterance: Utterance, out: AudioOut, sentence: str, voice: str) -> None:
+    def _sentence(self, utterance: Utterance, out: AudioOut, sentence: str, voice: str, following: str | None) -> None:
+        """Speak one sentence (group); `following` is the request's next one, which the engine may
+        start decoding while it finishes this one (unless the phrase cache has it)."""
         cache = self._cache
         language = utterance.request.language
         key = cache.key(normalize(sentence), voice, language) if cache is not None else None
+        if cache is not None and following is not None and cache.key(normalize(following), voice, language) in cache:
+            following = None
         if cache is not None and key is not None:
             audio = cache.get(key)
             if audio is not None:
@@ -137,7 +143,8 @@ class Synthesizer:
                 return
         utterance.sentences += 1
         parts: list[FloatPCM] = []
-        chunks = self._engine.stream(sentence, voice, language, utterance.cancel, queued_s=out.queued_seconds)
+        chunks = self._engine.stream(sentence, voice, language, utterance.cancel, queued_s=out.queued_seconds,
+                                     then=following)
         try:
             for chunk in chunks:
                 if utterance.cancel.is_set():

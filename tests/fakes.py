@@ -24,7 +24,8 @@ class FakeEngine:
     """Yields one `chunk_s` chunk of a 440 Hz sine (amplitude 0.5) per word, sleeping `delay_s` first.
 
     Honors `cancel` between chunks; records every call's text in `calls`, its voice in `voices_used`,
-    its language in `languages_used`, the audio it was told was still queued in `queued_s`,
+    its language in `languages_used`, the audio it was told was still queued in `queued_s`, the
+    next text it was told of in `thens`,
     the number of chunks each call yielded in `yielded`, and when each call returned (or raised)
     in `returned_at` (time.monotonic()); `running` is True while a call is in progress.
     `first_delay_s` is slept once per call before the first chunk (a model's time to first audio);
@@ -55,6 +56,7 @@ class FakeEngine:
         self.cancelled: list[bool] = []
         self.voices_used: list[str | None] = []
         self.queued_s: list[float] = []
+        self.thens: list[str | None] = []  # the `then` of each call
         self.returned_at: list[float] = []
         self.running = False
         self.first_delay_s = first_delay_s
@@ -82,9 +84,10 @@ class FakeEngine:
 
     def stream(
         self, text: str, voice: str | None = None, language: str | None = None,
-        cancel: threading.Event | None = None, *, queued_s: float = 0.0,
+        cancel: threading.Event | None = None, *, queued_s: float = 0.0, then: str | None = None,
     ) -> Iterator[npt.NDArray[np.float32]]:
         self.calls.append(text)
+        self.thens.append(then)
         self.queued_s.append(queued_s)
         self.voices_used.append(voice)
         self.languages_used.append(language)
@@ -187,9 +190,9 @@ class FaultyEngine:
 
     def stream(
         self, text: str, voice: str | None = None, language: str | None = None,
-        cancel: threading.Event | None = None, *, queued_s: float = 0.0,
+        cancel: threading.Event | None = None, *, queued_s: float = 0.0, then: str | None = None,
     ) -> Iterator[npt.NDArray[np.float32]]:
-        chunks = self.inner.stream(text, voice, language, cancel, queued_s=queued_s)
+        chunks = self.inner.stream(text, voice, language, cancel, queued_s=queued_s, then=then)
         if self.marker not in text:
             yield from chunks
             return

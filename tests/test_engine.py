@@ -224,6 +224,47 @@ def test_pipelined_t3_decodes_on_its_share_of_the_cores_without_changing_the_tok
     assert runs[True][0] == runs[False][0]
 
 
+def test_the_next_text_decoded_ahead_sounds_as_it_would_on_its_own(engine):
+    # Told the request's next text (`then`), T3 goes on with it once this text's tokens are done,
+    # on its share of the cores while the vocoder finishes; the next call takes that over.
+    import dataclasses
+
+    original, threads = engine.resolved, torch.get_num_threads()
+    first, second = "Good morning.", "Lights off now."
+    try:
+        torch.set_num_threads(2)
+        engine.resolved = dataclasses.replace(original, pipeline=True)
+        alone = np.concatenate(list(engine.stream(second, seed=9)))
+        assert len(np.concatenate(list(engine.stream(first, seed=9, then=second)))) > 0
+        ahead = engine._ahead
+        assert ahead is not None and ahead.call.spec.text == engine.clean(second, "en")
+        assert torch.get_num_threads() == 1  # the vocoder's share while T3 decodes ahead
+        stats = SynthesisStats()
+        taken_over = np.concatenate(list(engine.stream(second, seed=9, stats=stats)))
+        assert engine._ahead is None and not engine.decoder._lock.locked()
+        assert torch.get_num_threads() == 2
+        assert np.array_equal(taken_over, alone)
+        # Anything else discards it: the decoder is free and every core is the caller's again.
+        list(engine.stream(first, seed=9, then=second))
+        other = SynthesisStats()
+        assert len(np.concatenate(list(engine.stream("Something else.", seed=9, stats=other)))) > 0
+        assert engine._ahead is None and not engine.decoder._lock.locked()
+        assert torch.get_num_threads() == 2
+        # A cancelled request stops its decoding ahead too.
+        cancel = threading.Event()
+        for _ in engine.stream(first, seed=9, then=second, cancel=cancel):
+            pass
+        cancel.set()
+        assert engine._ahead is not None
+        engine._ahead.thread.join(timeout=30)
+        assert not engine._ahead.thread.is_alive()
+    finally:
+        engine.resolved = original
+        torch.set_num_threads(threads)
+    assert len(np.concatenate(list(engine.stream(second, seed=9)))) > 0  # discards the stopped one
+    assert engine._ahead is None and not engine.decoder._lock.locked()
+
+
 def test_the_vocoder_gets_every_core_back_once_t3_has_ended():
     # `_Cores.reclaim` runs between a chunk's flow and its HiFT: nothing while T3's thread lives
     # (two OpenMP teams on two cores throttle libgomp), every core once it has ended.
@@ -235,7 +276,7 @@ def test_the_vocoder_gets_every_core_back_once_t3_has_ended():
     release = threading.Event()
     try:
         torch.set_num_threads(2)
-        cores = _Cores()
+        cores = _Cores(2)
         cores.reclaim()  # no T3 thread (inline decoding): nothing to do
         torch.set_num_threads(1)  # the vocoder's share while T3 decodes
         cores.worker = threading.Thread(target=release.wait)

@@ -79,3 +79,43 @@ def test_unreadable_entry_is_dropped(tmp_path: Path) -> None:
     cache.put(key, tone(0.2))
     (tmp_path / f"{key}.wav").write_bytes(b"not a wav")
     assert cache.get(key) is None and len(cache) == 0
+
+
+class _Collected:
+    """An AudioOut that keeps what it is fed (daemon.utterance.AudioOut)."""
+
+    def __init__(self) -> None:
+        import concurrent.futures
+
+        self.result: concurrent.futures.Future[object] = concurrent.futures.Future()
+        self.first_frame_at: float | None = None
+        self.samples = 0
+        self.queued_seconds = 0.0
+
+    def feed(self, pcm: np.ndarray) -> None:
+        self.samples += len(pcm)
+
+    def end(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_engine_hears_of_the_next_sentence_unless_the_cache_has_it(tmp_path: Path) -> None:
+    # The engine may start decoding the request's next sentence while it vocodes this one (`then`),
+    # which is wasted work for a sentence the phrase cache will play.
+    from daemon.messages import SayRequest
+    from daemon.utterance import Synthesizer, Utterance
+    from fakes import FakeEngine
+    from tts.text import normalize
+
+    engine = FakeEngine()
+    cache = PhraseCache(tmp_path, 10_000_000, RATE, "id")
+    cache.put(cache.key(normalize("Five six."), "default", None), tone(0.5))
+    synthesizer = Synthesizer(engine, 200, lambda request: "default", cache, group_sentences=False)
+    out = _Collected()
+    synthesizer.speak(Utterance(SayRequest(text="One two. Three four. Five six. Seven.", id="x")), out)  # type: ignore[arg-type]
+    assert engine.calls == ["One two.", "Three four.", "Seven."]
+    assert engine.thens == ["Three four.", None, None]
+    assert out.samples > RATE // 2

@@ -109,6 +109,7 @@ class StreamingTTS:
         )
         self._lock = threading.Lock()
         self._identity: str | None = None
+        self._ahead: _Ahead | None = None  # the request's next call, decoding ahead
 
     def prefix_kv(self, voice: Voice) -> PrefixKV:
         """The K/V every request of `voice` starts with (computed on first use of a voice added later)."""
@@ -230,8 +231,8 @@ class StreamingTTS:
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
         words = "Ready to speak now."
-        for _ in self.stream(words, max_tokens=self.resolved.first_chunk_tokens + self.resolved.chunk_tokens + LOOKAHEAD,
-                             stats=stats):
+        first_two = self.resolved.first_chunk_tokens + self.resolved.chunk_tokens + LOOKAHEAD
+        for _ in self.stream(words, max_tokens=first_two, stats=stats):
             pass
         _report(progress, total, total, "end-to-end request")
         elapsed = time.perf_counter() - t0
@@ -241,12 +242,16 @@ class StreamingTTS:
     def stream(self, text: str, voice: str | None = None, language: str | None = None,
                cancel: threading.Event | None = None, *, max_tokens: int | None = None,
                stats: SynthesisStats | None = None, seed: int | None = None,
-               queued_s: float = 0.0) -> Iterator[npt.NDArray[np.float32]]:
+               queued_s: float = 0.0, then: str | None = None) -> Iterator[npt.NDArray[np.float32]]:
         """Yield float32 PCM chunks for `text` as they are synthesised.
 
         `language`: an ISO code of `languages` (None: the configured default). `queued_s`: seconds
         of audio the player still has queued from earlier text (the previous sentence); the chunk
-        schedule counts it as buffer, so chunks can grow sooner. Raises UnknownVoice or
+        schedule counts it as buffer, so chunks can grow sooner. `then`: the text the same request
+        speaks next (same voice, language and seed): when pipelined, T3 goes on with its prefill
+        and tokens as soon as this text's are decoded, while the vocoder finishes this text, and
+        the `stream` of it that follows takes them over (the same tokens and audio as without;
+        any other call discards them). Raises UnknownVoice or
         UnsupportedLanguage before any work, LanguageUnavailable when the language's text
         front-end is missing, SynthesisError (OutOfMemory) when synthesis fails. Checks `cancel`
         between chunks; a cancelled stream simply ends.
@@ -261,11 +266,17 @@ class StreamingTTS:
         budget = token_budget(clean, self.config.max_tokens_per_char, self.config.max_speech_tokens)
         if max_tokens is not None:
             budget = min(budget, max_tokens)
+        seed = seed if seed is not None else self.config.seed
+        spec = _CallSpec(clean, lang, selected, budget, seed)
+        next_clean = self.clean(then, lang) if then is not None and self.pipelined else ""
+        following = (_CallSpec(next_clean, lang, selected, token_budget(
+            next_clean, self.config.max_tokens_per_char, self.config.max_speech_tokens), seed)
+            if next_clean else None)
         stats = stats if stats is not None else SynthesisStats()
         stats.text_chars = len(clean)
         with self._lock:
             try:
-                yield from self._stream(clean, lang, selected, budget, cancel, stats, seed, queued_s)
+                yield from self._stream(spec, cancel, stats, queued_s, following)
             except (TTSError, GeneratorExit):
                 raise
             except torch.cuda.OutOfMemoryError as exc:
@@ -294,28 +305,40 @@ class StreamingTTS:
             )
         return self.decoder.text_ids(ids)
 
-    def _stream(self, text: str, language: str, voice: Voice, budget: int, cancel: threading.Event | None,
-                stats: SynthesisStats, seed: int | None, queued_s: float) -> Iterator[npt.NDArray[np.float32]]:
-        cfg = self.config
-        start = time.perf_counter()
-        seed = seed if seed is not None else cfg.seed
+    def _begin(self, spec: _CallSpec) -> _Call:
+        """A call's own state, drawn in this order from its generator (the vocoder's noise, then T3's
+        samples), so a seeded call sounds the same whether or not it was decoded ahead."""
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(6), "little"))
+        generator.manual_seed(spec.seed if spec.seed is not None else int.from_bytes(os.urandom(6), "little"))
         with torch.inference_mode():
-            prefix = self.decoder.prefix_embeds(voice.cond_emb, self.encode(text, language))
-        vocoder = StreamingVocoder(self.s3gen, voice.prompt, max_tokens=budget, flow=self.family.flow,
+            prefix = self.decoder.prefix_embeds(spec.voice.cond_emb, self.encode(spec.text, spec.language))
+        vocoder = StreamingVocoder(self.s3gen, spec.voice.prompt, max_tokens=spec.budget, flow=self.family.flow,
                                    flow_steps=self.flow_steps, context_tokens=self.resolved.context_tokens,
-                                   crossfade_ms=cfg.crossfade_ms, generator=generator,
+                                   crossfade_ms=self.config.crossfade_ms, generator=generator,
                                    flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator,
                                    first_prompt_tokens=self.resolved.first_prompt_tokens)
+        return _Call(spec, generator, prefix, vocoder)
+
+    def _stream(self, spec: _CallSpec, cancel: threading.Event | None, stats: SynthesisStats, queued_s: float,
+                following: _CallSpec | None) -> Iterator[npt.NDArray[np.float32]]:
+        cfg = self.config
+        start = time.perf_counter()
+        halt = threading.Event()  # set when the consumer is done early: the decoder stops too
+        ahead = self._take_ahead(spec)
+        if ahead is not None:  # decoded ahead: T3 has been at it since the previous call's tokens ended
+            call = ahead.call
+            cores = _Cores(ahead.caller_threads, ahead.thread if ahead.split else None)
+            blocks = _timed(ahead.blocks(halt), stats)
+        else:
+            call = self._begin(spec)
+            cores = _Cores(torch.get_num_threads())
+            blocks = self._decoded_blocks(call, halt, cancel, stats, cores)
+        vocoder = call.vocoder
         schedule = ChunkSchedule(self.resolved.first_chunk_tokens, self.resolved.chunk_tokens, cfg.chunk_growth,
                                  cfg.max_chunk_tokens, cfg.chunk_headroom, queued_s=queued_s)
         tokens: list[int] = []
         produced = 0
         target = schedule.next()
-        halt = threading.Event()  # set when the consumer is done early: the decoder stops too
-        cores = _Cores()
-        blocks = self._decoded_blocks(prefix, self.prefix_kv(voice), budget, generator, halt, cancel, stats, cores)
         try:
             for block in blocks:
                 if not produced:
@@ -326,8 +349,11 @@ class StreamingTTS:
                 if block.last:
                     # T3 is done: what is left goes in one final window (chunk-sized ones first
                     # if more than the largest chunk is left), and the decoder's cores come back
-                    # to the vocoder now (closing the pipeline restores the thread count).
+                    # to the vocoder now (closing the pipeline restores the thread count), unless
+                    # T3 goes on with the request's next text.
                     blocks.close()
+                    if following is not None and not (cancel is not None and cancel.is_set()):
+                        self._start_ahead(following, cancel, cores)
                 while vocoder.ready(len(tokens), target) and not (
                         block.last and len(tokens) - vocoder.emitted_tokens <= cfg.max_chunk_tokens):
                     if cancel is not None and cancel.is_set():
@@ -346,15 +372,14 @@ class StreamingTTS:
             halt.set()
             blocks.close()
         stats.tokens = len(tokens)
-        stats.stopped_by_guard = produced >= budget
+        stats.stopped_by_guard = produced >= spec.budget
         if cancel is not None and cancel.is_set():
             return
         pcm = vocoder.process(tokens, final=True)
         if len(pcm):
             yield self._emit(pcm, stats, start, vocoder)
 
-    def _decoded_blocks(self, prefix: torch.Tensor, cached: PrefixKV, budget: int, generator: torch.Generator,
-                        halt: threading.Event, cancel: threading.Event | None,
+    def _decoded_blocks(self, call: _Call, halt: threading.Event, cancel: threading.Event | None,
                         stats: SynthesisStats, cores: _Cores) -> Generator[Block, None, None]:
         """T3's token blocks, the first one exactly what the first chunk needs; same tokens either way.
 
@@ -372,10 +397,7 @@ class StreamingTTS:
         """
         stop = _AnyEvent(halt, cancel)
         split = self.thread_split() if self.pipelined else None
-        blocks = _timed(self.decoder.generate(prefix, budget, self.params, generator=generator, cancel=stop,
-                                              first_block=self.resolved.first_chunk_tokens + LOOKAHEAD,
-                                              cached=cached),
-                        stats)
+        blocks = _timed(self._generate(call, stop), stats)
         if not self.pipelined:
             yield from blocks
             return
@@ -387,34 +409,51 @@ class StreamingTTS:
         except GeneratorExit:
             blocks.close()  # releases the decoder
             raise
-        handoff: queue.Queue[Block | BaseException | None] = queue.Queue()
-        side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # type: ignore[no-untyped-call]
-
-        def produce() -> None:
-            try:
-                if split is not None:
-                    torch.set_num_threads(split[0])  # T3's share of the cores, for this thread's life
-                with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-                    for block in blocks:
-                        handoff.put(block)
-                handoff.put(None)
-            except BaseException as exc:  # handed to the consumer, which raises it
-                handoff.put(exc)
-
-        worker = threading.Thread(target=produce, name="chatterd-t3", daemon=True)
-        worker.start()
+        t3 = _T3Thread(blocks, split[0] if split is not None else None, self.device)
         if split is not None:
-            cores.worker = worker
+            cores.worker = t3.thread
             torch.set_num_threads(split[1])  # the vocoder's share, until this request ends
         try:
-            while (item := handoff.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from t3.blocks()
         finally:
             halt.set()
-            worker.join()
+            t3.thread.join()
             torch.set_num_threads(cores.threads)
+
+    def _generate(self, call: _Call, stop: _AnyEvent) -> Generator[Block, None, None]:
+        spec = call.spec
+        return self.decoder.generate(call.prefix, spec.budget, self.params, generator=call.generator, cancel=stop,
+                                     first_block=self.resolved.first_chunk_tokens + LOOKAHEAD,
+                                     cached=self.prefix_kv(spec.voice))
+
+    def _start_ahead(self, spec: _CallSpec, cancel: threading.Event | None, cores: _Cores) -> None:
+        """Start decoding the request's next text on a T3 thread (with T3's share of the cores) while
+        this call's vocoder finishes on the rest; `stream` of that text takes it over."""
+        try:
+            call = self._begin(spec)
+        except TTSError as exc:  # e.g. too long: its own `stream` says so
+            log.debug("not decoding the next text ahead: %s", exc)
+            return
+        halt = threading.Event()
+        split = self.thread_split()
+        t3 = _T3Thread(self._generate(call, _AnyEvent(halt, cancel)), split[0] if split is not None else None,
+                       self.device)
+        if split is not None:
+            cores.worker = t3.thread  # the vocoder keeps its share while T3 runs on
+            torch.set_num_threads(split[1])
+        self._ahead = _Ahead(call, t3, halt, cores.threads, split is not None)
+
+    def _take_ahead(self, spec: _CallSpec) -> _Ahead | None:
+        """The call decoded ahead if it is `spec`'s; any other is stopped and dropped."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if ahead.call.spec.key == spec.key:
+            return ahead
+        ahead.halt.set()
+        ahead.t3.thread.join()  # releases the decoder
+        torch.set_num_threads(ahead.caller_threads)
+        return None
 
     @staticmethod
     def _emit(pcm: npt.NDArray[np.float32], stats: SynthesisStats, start: float,
@@ -442,6 +481,90 @@ def _timed(blocks: Generator[Block, None, None], stats: SynthesisStats) -> Gener
         blocks.close()  # an early exit releases the decoder now, not at garbage collection
 
 
+@dataclass(frozen=True)
+class _CallSpec:
+    """One engine call's inputs, validated and cleaned by `stream`."""
+
+    text: str  # normalised
+    language: str
+    voice: Voice
+    budget: int  # speech tokens at most
+    seed: int | None  # None: fresh randomness
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.text, self.language, self.voice.name, id(self.voice), self.budget, self.seed)
+
+
+@dataclass
+class _Call:
+    """A call's own state: its generator (vocoder noise, then T3's samples), T3 prefix, vocoder."""
+
+    spec: _CallSpec
+    generator: torch.Generator
+    prefix: torch.Tensor  # (rows, P, dim)
+    vocoder: StreamingVocoder
+
+
+class _T3Thread:
+    """T3's blocks produced on a thread of their own (with `threads` OpenMP threads, on CUDA its own
+    stream), handed over through a queue; an exception is handed over too and raised by `blocks`."""
+
+    def __init__(self, blocks: Iterator[Block], threads: int | None, device: torch.device) -> None:
+        self._source = blocks
+        self._threads = threads
+        self._device = device
+        self._handoff: queue.Queue[Block | BaseException | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._produce, name="chatterd-t3", daemon=True)
+        self.thread.start()
+
+    def _produce(self) -> None:
+        try:
+            if self._threads is not None:
+                torch.set_num_threads(self._threads)  # T3's share of the cores, for this thread's life
+            side_stream = (torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
+                           if self._device.type == "cuda" else None)
+            with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
+                for block in self._source:
+                    self._handoff.put(block)
+            self._handoff.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._handoff.put(exc)
+
+    def blocks(self) -> Iterator[Block]:
+        while (item := self._handoff.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+@dataclass
+class _Ahead:
+    """The request's next call, decoding since the previous call's T3 ended (`StreamingTTS._start_ahead`)."""
+
+    call: _Call
+    t3: _T3Thread
+    halt: threading.Event  # stops its decoding
+    caller_threads: int  # every core the caller had, restored when it ends
+    split: bool  # T3 runs on its share of the cores (the caller on the rest)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self.t3.thread
+
+    def blocks(self, halt: threading.Event) -> Generator[Block, None, None]:
+        """Its blocks for the call that takes it over; `halt` (that call's) stops it too."""
+        try:
+            for block in self.t3.blocks():
+                if halt.is_set():
+                    return
+                yield block
+        finally:
+            self.halt.set()
+            self.t3.thread.join()
+            torch.set_num_threads(self.caller_threads)
+
+
 class _Cores:
     """The caller's thread count while T3 decodes on its own thread with a share of the cores.
 
@@ -454,9 +577,9 @@ class _Cores:
     kernel (`StreamingTTS._decoded_blocks`).
     """
 
-    def __init__(self) -> None:
-        self.threads = torch.get_num_threads()  # every core the caller had: restored at the end
-        self.worker: threading.Thread | None = None  # T3's thread, when it runs on a share
+    def __init__(self, threads: int, worker: threading.Thread | None = None) -> None:
+        self.threads = threads  # every core the caller had: restored at the end
+        self.worker = worker  # T3's thread, when it runs on a share
 
     def reclaim(self) -> None:
         if self.worker is not None and not self.worker.is_alive() and torch.get_num_threads() != self.threads:
