@@ -105,9 +105,10 @@ class _Collected:
 def test_the_engine_hears_of_the_next_sentence_unless_the_cache_has_it(tmp_path: Path) -> None:
     # The engine may start decoding the request's next sentence while it vocodes this one (`then`),
     # which is wasted work for a sentence the phrase cache will play.
+    from fakes import FakeEngine
+
     from daemon.messages import SayRequest
     from daemon.utterance import Synthesizer, Utterance
-    from fakes import FakeEngine
     from tts.text import normalize
 
     engine = FakeEngine()

@@ -220,6 +220,34 @@ def test_prepared_hift_is_upstreams_hift() -> None:
         assert torch.allclose(conv.channel_major()(x), conv(x), atol=1e-5)
 
 
+
+@torch.inference_mode()
+def test_prepared_bf16_hift_runs_its_narrow_convolutions_time_major_with_bf16_weights() -> None:
+    """bf16: every convolution has bf16 weights (the narrow ones time-major, the wide ones behind
+    `_Bf16Conv`), fp32 in and out, within bf16's error of upstream's fp32 HiFT and of the
+    channel-major bf16 path before."""
+    from tts.vocoder import _Bf16Conv, _ChannelsLastConv, prepare_hift
+
+    upstream, prepared = _upstream_hift(0), _upstream_hift(0)
+    prepare_hift(prepared, torch.bfloat16)
+    time_major = [m for m in prepared.modules() if isinstance(m, _ChannelsLastConv)]
+    assert len(time_major) > 40 and all(m.weight.dtype == torch.bfloat16 for m in time_major)
+    assert any(isinstance(m, _Bf16Conv) for m in prepared.modules())
+    assert not any(type(m) in (torch.nn.Conv1d, torch.nn.ConvTranspose1d) and m.weight.dtype == torch.float32
+                   for m in prepared.modules() if not isinstance(m, _Bf16Conv))
+    mel = torch.randn(1, 80, 40, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(7)
+    expected, source = upstream.inference(speech_feat=mel)
+    torch.manual_seed(7)
+    got, got_source = prepared.inference(speech_feat=mel)
+    assert got.dtype == torch.float32
+    assert ((got - expected).norm() / expected.norm()).item() < 0.03
+    for conv in time_major:
+        x = torch.randn(1, conv.weight.shape[0 if conv.transposed else 1] * conv.groups, 50)
+        back = conv.channel_major()
+        assert isinstance(back, _Bf16Conv)
+        assert torch.allclose(back(x), conv(x), rtol=1e-2, atol=1e-2)
+
 @torch.inference_mode()
 def test_snake_kernel_is_upstreams_snake_in_both_layouts(monkeypatch) -> None:
     from chatterbox.models.s3gen.hifigan import Snake

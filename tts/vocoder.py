@@ -142,12 +142,14 @@ class _ChannelsLastConv(torch.nn.Module):
     convolution to the next: `forward` takes and returns (N, C, T) views with strides (C*T, 1, C),
     which the elementwise ops between (Snake, leaky ReLU, residual adds) keep, so only a
     channel-major input (HiFT's first convolution of a stage, an upsampling's output) is copied.
-    The output equals the Conv1d's up to summation order (~3e-6 relative on a chunk).
+    The output equals the Conv1d's up to summation order (~3e-6 relative on a chunk). With `dtype`
+    bf16 the weights are bf16 and the convolution takes and gives fp32 (cast in the same layout),
+    as `_Bf16Conv` does channel-major (HiFT 1.16x over that on an avx512_bf16 core).
     """
 
     weight: Tensor
 
-    def __init__(self, conv: torch.nn.Conv1d | torch.nn.ConvTranspose1d) -> None:
+    def __init__(self, conv: torch.nn.Conv1d | torch.nn.ConvTranspose1d, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.transposed = isinstance(conv, torch.nn.ConvTranspose1d)
         self.stride = (1, conv.stride[0])
@@ -155,12 +157,15 @@ class _ChannelsLastConv(torch.nn.Module):
         self.dilation = (1, conv.dilation[0])
         self.output_padding = (0, conv.output_padding[0])
         self.groups = conv.groups
-        weight = conv.weight.detach()[:, :, None, :]  # (out, in, 1, k); transposed: (in, out, 1, k)
+        self.dtype = dtype
+        weight = conv.weight.detach()[:, :, None, :].to(dtype)  # (out, in, 1, k); transposed: (in, out, 1, k)
         self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
-        self.bias = conv.bias
+        self.bias = None if conv.bias is None else torch.nn.Parameter(conv.bias.detach().to(dtype),
+                                                                      requires_grad=False)
 
-    def channel_major(self) -> torch.nn.Conv1d | torch.nn.ConvTranspose1d:
-        """The equivalent upstream module (channel-major; `bench parts` times the two side by side)."""
+    def channel_major(self) -> torch.nn.Module:
+        """The equivalent upstream module (channel-major; `bench parts` times the two side by side),
+        behind `_Bf16Conv` when bf16."""
         weight = self.weight[:, :, 0, :].contiguous()
         if self.transposed:
             conv: torch.nn.Conv1d | torch.nn.ConvTranspose1d = torch.nn.ConvTranspose1d(
@@ -171,16 +176,18 @@ class _ChannelsLastConv(torch.nn.Module):
                                    self.padding[1], self.dilation[1], self.groups, self.bias is not None)
         conv.weight = torch.nn.Parameter(weight, requires_grad=False)
         conv.bias = self.bias
-        return conv.to(weight.device)
+        conv = conv.to(weight.device)
+        return conv if self.dtype == torch.float32 else _Bf16Conv(conv)
 
     def forward(self, x: Tensor) -> Tensor:
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # no copy when time-major
+        x4 = x4.to(self.dtype)  # keeps the layout
         if self.transposed:
             y = F.conv_transpose2d(x4, self.weight, self.bias, self.stride, self.padding,
                                    self.output_padding, self.groups, self.dilation)
         else:
             y = F.conv2d(x4, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return y.squeeze(2)
+        return y.squeeze(2).float()
 
 
 # Convolutions with at most this many input and output channels run time-major on a CPU
@@ -195,9 +202,10 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
     Weight norm is folded into plain weights (upstream recomputes every normalised weight on every
     call, ~7% of HiFT's time; the output is identical), and each Snake activation computes in
     fewer passes (`_Snake`; on a CPU in one, `tts/snake.c`). With bf16, the convolutions, 70% of
-    HiFT's time on a CPU, run with bf16 weights (~25% faster at ~0.4% relative error on a chunk).
-    In fp32 on a CPU the convolutions of its narrow stages run time-major (`_ChannelsLastConv`:
-    HiFT 1.2x on one core, the same output up to summation order).
+    HiFT's time on a CPU, run with bf16 weights (~25% faster at ~0.4-0.75% relative error on a
+    chunk). On a CPU the convolutions of its narrow stages run time-major (`_ChannelsLastConv`:
+    HiFT 1.2x on one AVX2 core in fp32, the same output up to summation order; 1.16x in bf16 on an
+    avx512_bf16 core).
     """
     from chatterbox.models.s3gen.hifigan import Snake
     from torch.nn.utils import parametrize
@@ -215,11 +223,11 @@ def prepare_hift(hift: torch.nn.Module, dtype: torch.dtype) -> None:
             if isinstance(child, Snake):
                 setattr(parent, name, _Snake(child, fused))
             elif isinstance(child, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
-                if dtype == torch.bfloat16:
+                if (on_cpu and max(child.in_channels, child.out_channels) <= CHANNELS_LAST_MAX_CHANNELS
+                        and child.padding_mode == "zeros" and not isinstance(child.padding, str)):
+                    setattr(parent, name, _ChannelsLastConv(child, dtype))
+                elif dtype == torch.bfloat16:
                     setattr(parent, name, _Bf16Conv(child))
-                elif (on_cpu and max(child.in_channels, child.out_channels) <= CHANNELS_LAST_MAX_CHANNELS
-                      and child.padding_mode == "zeros" and not isinstance(child.padding, str)):
-                    setattr(parent, name, _ChannelsLastConv(child))
             else:
                 swap(child)
 
