@@ -84,19 +84,23 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).norm() / want.float().norm())
 
 
-def estimator_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
-    """The flow estimator on one (1, 80, frames) window: served vs each candidate, time and error."""
+def estimator_candidates(engine: Any, reference: Any, frames: int, repeats: int) -> dict[str, Any]:
+    """The flow estimator on one (1, 80, frames) window: served vs each candidate, time and error.
+
+    `reference`: the estimator module with the checkpoint's fp32 weights (the served one may have
+    been cast to bf16 in place); every error is relative to its output.
+    """
     import copy
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     from tts.flow_estimator import FlowEstimator
 
-    module = engine.s3gen.flow.decoder.estimator
     x, mu, cond = (torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(i)) for i in range(3))
     args = (x, torch.ones(1, 1, frames), mu, torch.tensor([0.5]), torch.randn(1, 80), cond, torch.tensor([1.0]))
     served = engine.flow_estimator
-    want = served(*args)
+    fp32 = FlowEstimator(reference, compile=False, bucketed=False)
+    want = fp32(*args)
     rows: dict[str, Any] = {}
 
     def measure(name: str, fn: Any) -> None:
@@ -106,33 +110,40 @@ def estimator_candidates(engine: Any, frames: int, repeats: int) -> dict[str, An
         except Exception as exc:  # a candidate that cannot run here is a result too
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
-    measure(f"served ({served.dtype})", lambda: served(*args))
-    int8 = FlowEstimator(quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear: per_channel_dynamic_qconfig}),
+    served_torch = served.runtime == "torch"
+    measure(f"served ({served.runtime}, {str(served.dtype).removeprefix('torch.')})", lambda: served(*args))
+    if not (served_torch and served.dtype == torch.float32):
+        measure("torch fp32", lambda: fp32(*args))
+    if not (served_torch and served.dtype == torch.bfloat16):
+        bf16 = FlowEstimator(copy.deepcopy(reference), compile=False, dtype=torch.bfloat16, bucketed=False)
+        measure("torch bf16 weights", lambda: bf16(*args))
+    int8 = FlowEstimator(quantize_dynamic(copy.deepcopy(reference), {torch.nn.Linear: per_channel_dynamic_qconfig}),
                          compile=False)
-    measure("int8 dynamic linears", lambda: int8(*args))
-    bf16 = FlowEstimator(copy.deepcopy(module), compile=False, dtype=torch.bfloat16, bucketed=False)
-    measure("bf16 weights", lambda: bf16(*args))
-    try:
-        import onnxruntime  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        rows["onnxruntime fp32"] = {"error": "onnxruntime is not installed (pip install onnxruntime)"}
-    else:
-        rows["onnxruntime fp32"] = _onnxruntime_estimator(served, args, want, repeats, onnxruntime)
+    measure("torch int8 dynamic linears", lambda: int8(*args))
+    if served_torch:
+        try:
+            import onnxruntime  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            rows["onnxruntime fp32"] = {"error": "onnxruntime is not installed (pip install onnxruntime)"}
+        else:
+            rows["onnxruntime fp32"] = _onnxruntime_estimator(fp32, args, want, repeats, onnxruntime)
     return {"frames": frames, "rows": rows}
 
 
-def hift_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
+def hift_candidates(engine: Any, frames: int, repeats: int, reference: Any = None) -> dict[str, Any]:
     """HiFT on one (1, 80, frames) mel chunk: served vs its narrow convolutions channel-major (as
     upstream runs them, the path before `tts.vocoder._ChannelsLastConv`), vs its Snakes in torch
-    (without `tts/snake.c`), and vs both, each with its time and error."""
+    (without `tts/snake.c`), and vs both, each with its time and error. `reference`: upstream's
+    HiFT with the checkpoint's fp32 weights; where the served one is not fp32 it is prepared in
+    fp32 as a row of its own and the errors are relative to it (else to the served output)."""
     import copy
 
-    from tts.vocoder import _ChannelsLastConv, _Snake
+    from tts.vocoder import _ChannelsLastConv, _Snake, prepare_hift
 
     served = engine.s3gen.mel2wav
 
-    def variant(convs_channel_major: bool, torch_snakes: bool) -> Any:
-        hift = copy.deepcopy(served)
+    def variant(hift: Any, convs_channel_major: bool, torch_snakes: bool) -> Any:
+        hift = copy.deepcopy(hift)
 
         def swap(parent: torch.nn.Module) -> None:
             for name, child in parent.named_children():
@@ -154,44 +165,38 @@ def hift_candidates(engine: Any, frames: int, repeats: int) -> dict[str, Any]:
         wav: torch.Tensor = hift.inference(speech_feat=mel, cache_source=no_cache)[0]
         return wav
 
-    want = run(served)
+    fp32 = None
+    if reference is not None and _hift_dtype(served) != torch.float32:
+        prepare_hift(reference, torch.float32)
+        fp32 = reference
+    want = run(fp32 if fp32 is not None else served)
+    candidates = [("served", served), ("channel-major convolutions", variant(served, True, False)),
+                  ("torch Snakes", variant(served, False, True)), ("both (before)", variant(served, True, True))]
+    if fp32 is not None:
+        candidates.append(("fp32 weights", fp32))
     rows: dict[str, Any] = {}
-    for name, hift in (("served", served), ("channel-major convolutions", variant(True, False)),
-                       ("torch Snakes", variant(False, True)), ("both (before)", variant(True, True))):
+    for name, hift in candidates:
         got = run(hift)
         rows[name] = {"call_s": _median_s(lambda h=hift: run(h), repeats).to_json(), "rel_err": _rel_err(got, want)}
-    return {"frames": frames, "rows": rows}
+    return {"frames": frames, "dtype": str(_hift_dtype(served)).removeprefix("torch."), "rows": rows}
 
 
-def _onnxruntime_estimator(served: Any, args: tuple[torch.Tensor, ...], want: torch.Tensor, repeats: int,
+def _hift_dtype(hift: Any) -> torch.dtype:
+    """The dtype of a prepared HiFT's convolution weights (bf16 where `prepare_hift` made them so)."""
+    return torch.bfloat16 if any(p.dtype == torch.bfloat16 for p in hift.buffers()) or any(
+        p.dtype == torch.bfloat16 for p in hift.parameters()) else torch.float32
+
+
+def _onnxruntime_estimator(fp32: Any, args: tuple[torch.Tensor, ...], want: torch.Tensor, repeats: int,
                            ort: Any) -> dict[str, Any]:
-    import tempfile
+    """The fp32 estimator exported to ONNX Runtime as `tts.flow_runtime: onnxruntime` serves it."""
+    from tts.flow_estimator import FlowEstimator
 
-    names = ["x", "mask", "mu", "t", "spks", "cond", "r"]
-
-    class Unet(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.module = served.estimator  # registered, so the export sees its weights
-
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return served._unet(*inputs)  # type: ignore[no-any-return]
-
-    frames = {2: "frames"}
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        path = f"{tmp}/estimator.onnx"
-        t0 = time.perf_counter()
-        torch.onnx.export(Unet().eval(), args, path, input_names=names, output_names=["v"], opset_version=17,
-                          dynamic_axes={"x": frames, "mask": frames, "mu": frames, "cond": frames, "v": frames})
-        export_s = time.perf_counter() - t0
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
-    got = torch.from_numpy(session.run(None, feed)[0])
-    return {"call_s": _median_s(lambda: session.run(None, feed), repeats).to_json(),
-            "rel_err": _rel_err(got, want), "export_s": export_s}
+    served = fp32 if fp32.runtime == "onnxruntime" else FlowEstimator(fp32.estimator, compile=False,
+                                                                       bucketed=False, runtime="onnxruntime")
+    got = served(*args)
+    return {"call_s": _median_s(lambda: served(*args), repeats).to_json(), "rel_err": _rel_err(got, want),
+            "export_s": served.onnx.export_s, "onnxruntime": ort.__version__}
 
 
 def t3_linear_candidates(decoder: Any, repeats: int) -> dict[str, Any]:
@@ -271,10 +276,12 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
     from tts.config import TTSConfig
     from tts.engine import StreamingTTS
     from tts.families import S3GEN_VOCAB
+    from tts.loading import load_s3gen
     from tts.vocoder import LOOKAHEAD, MEL_PER_TOKEN, SAMPLE_RATE
 
     engine = StreamingTTS.load(TTSConfig(model=family, checkpoint=str(checkpoint)))
-    decoder, s3gen, flow = engine.decoder, engine.s3gen, engine.s3gen.flow
+    reference = load_s3gen(engine.family, engine.checkpoint_dir).eval()  # fp32, for the candidates' errors
+    decoder, s3gen = engine.decoder, engine.s3gen
     voice = engine.voice_bank.get(None)
     settings = engine.settings()
     prompt_tokens = voice.prompt.tokens.shape[1]
@@ -310,7 +317,7 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
         t, r = torch.tensor([0.5]), torch.tensor([1.0])
         no_cache = torch.zeros(1, 1, 0)
         calls = {
-            "encoder": lambda: flow.encoder_proj(flow.encoder(flow.input_embedding(ids), lengths)[0]),
+            "encoder": lambda: engine.flow_encoder(ids, lengths),  # as served (torch or ONNX Runtime)
             "estimator": lambda: engine.flow_estimator(frames, mask, frames, t, spks, frames, r),
             "hift": lambda: s3gen.mel2wav.inference(speech_feat=mels, cache_source=no_cache),
         }
@@ -367,8 +374,10 @@ def run(family: str, checkpoint: Path, tokens: int, repeats: int, threads: list[
         with torch.inference_mode():
             window_frames = MEL_PER_TOKEN * (prompt_tokens + context + max(chunks) + LOOKAHEAD)
             results["candidates"] = {"threads": 1,
-                                     "estimator": estimator_candidates(engine, window_frames, repeats),
-                                     "hift": hift_candidates(engine, MEL_PER_TOKEN * max(chunks), repeats),
+                                     "estimator": estimator_candidates(engine, reference.flow.decoder.estimator,
+                                                                       window_frames, repeats),
+                                     "hift": hift_candidates(engine, MEL_PER_TOKEN * max(chunks), repeats,
+                                                             reference.mel2wav),
                                      "t3_linears": t3_linear_candidates(decoder, repeats)}
     finally:
         torch.set_num_threads(before)

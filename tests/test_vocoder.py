@@ -101,6 +101,58 @@ def test_bf16_estimator_stays_within_its_tolerance_of_fp32(vocoder: Vocoder) -> 
     assert ((got - reference).norm() / reference.norm()).item() < 0.05
 
 
+
+@torch.inference_mode()
+def test_the_flow_in_onnxruntime_is_the_torch_flow(vocoder: Vocoder) -> None:
+    """tts.onnx_flow: the token encoder and the estimator exported at one length run any length
+    (and the original's two CFG rows) within 1e-4 of torch's fp32, on one and two threads."""
+    from tts import onnx_flow
+    from tts.vocoder import TokenEncoder
+
+    flow = vocoder.s3gen.flow
+    encoder, torch_encoder = onnx_flow.token_encoder(flow), TokenEncoder(flow)
+    estimator = FlowEstimator(flow.decoder.estimator, compile=False, runtime="onnxruntime")
+    reference = FlowEstimator(flow.decoder.estimator, compile=False)
+    assert not estimator.bucketed and estimator.dtype == torch.float32
+    g = torch.Generator().manual_seed(5)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for n in (13, 61):
+                tokens = torch.randint(0, S3GEN_VOCAB, (1, n), generator=g)
+                want = torch_encoder(tokens, torch.tensor([n]))
+                got = encoder(tokens, torch.tensor([n]))
+                assert got.shape == want.shape == (1, 2 * n, 80)
+                assert ((got - want).norm() / want.norm()).item() < 1e-4
+            for rows, frames in ((1, 40), (2, 150)):
+                x, mu, cond = (torch.randn(rows, 80, frames, generator=g) for _ in range(3))
+                inputs = (x, torch.ones(rows, 1, frames), mu, torch.full((rows,), 0.3),
+                          torch.randn(rows, 80, generator=g), cond, torch.full((rows,), 0.8))
+                want = reference(*inputs)
+                got = estimator(*inputs)
+                assert got.shape == want.shape
+                assert ((got - want).norm() / want.norm()).item() < 1e-4
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_flow_runtime_is_onnxruntime_only_on_an_avx512_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tts import loading
+    from tts.errors import DeviceError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+    assert loading.pick_flow_runtime("auto", cpu, compile=False) == "onnxruntime"
+    assert loading.pick_flow_runtime("auto", cpu, compile=True) == "torch"  # compiled graphs are torch's
+    assert loading.pick_flow_runtime("auto", cuda, compile=False) == "torch"
+    assert loading.pick_flow_runtime("torch", cpu, compile=False) == "torch"
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert loading.pick_flow_runtime("auto", cpu, compile=False) == "torch"
+    assert loading.pick_flow_runtime("onnxruntime", cpu, compile=False) == "onnxruntime"
+    with pytest.raises(DeviceError, match="CPU path"):
+        loading.pick_flow_runtime("onnxruntime", cuda, compile=False)
+
 def test_stream_voices_every_token_and_flushes_the_end(vocoder: Vocoder) -> None:
     tokens = _tokens(31)
     flow = vocoder.family.flow

@@ -94,9 +94,14 @@ class TTSConfig:
     # With pipeline on a CPU: threads T3 decodes with while the vocoder works with the rest;
     # null = half of them (one each on two cores).
     t3_threads: int | None = None
-    # Vocoder (flow estimator) weight dtype: auto | float32 | bfloat16. auto: bfloat16 on a CPU with
-    # native bf16 (avx512_bf16 or amx_bf16 flags), else float32 (GPUs: fidelity first).
+    # Vocoder weight dtype (HiFT's, and a torch flow estimator's): auto | float32 | bfloat16. auto:
+    # bfloat16 on a CPU with native bf16 (avx512_bf16 or amx_bf16 flags), else float32 (GPUs:
+    # fidelity first).
     vocoder_dtype: str = "auto"
+    # The flow's (token encoder and estimator) runtime: auto | torch | onnxruntime. onnxruntime runs
+    # them in fp32 (vocoder_dtype then sets HiFT's); auto: onnxruntime on a CPU with AVX-512 (about
+    # twice torch's fp32 speed there at the same output) unless compile is on, else torch.
+    flow_runtime: str = "auto"
 
     def __post_init__(self) -> None:
         def unset_or(value: float | None, ok: bool) -> bool:
@@ -144,6 +149,7 @@ class TTSConfig:
             (self.threads is None or self.threads >= 1, "threads must be >= 1 or null"),
             (self.t3_threads is None or self.t3_threads >= 1, "t3_threads must be >= 1 or null"),
             (self.vocoder_dtype in ("auto", "float32", "bfloat16"), "vocoder_dtype must be auto, float32 or bfloat16"),
+            (self.flow_runtime in ("auto", "torch", "onnxruntime"), "flow_runtime must be auto, torch or onnxruntime"),
             (self.default_voice == "default" or self.default_voice in self.voices,
              "default_voice must be 'default' or a name under tts.voices"),
         ]

@@ -34,11 +34,11 @@ from tts.config import TTSConfig
 from tts.errors import OutOfMemory, SynthesisError, TTSError, UnsupportedLanguage
 from tts.families import S3GEN_VOCAB
 from tts.flow_estimator import FlowEstimator, bucket
-from tts.loading import LoadedModel, load_model, pick_vocoder_dtype
+from tts.loading import LoadedModel, load_model, pick_flow_runtime, pick_vocoder_dtype
 from tts.schedule import ChunkSchedule
 from tts.t3 import Block, PrefixKV, SamplingParams, T3Decoder, prefix_length
 from tts.text import normalize, strip_tags, token_budget
-from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, prepare_hift, window_frames
+from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, TokenEncoder, prepare_hift, window_frames
 from tts.voices import Voice
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,22 @@ class StreamingTTS:
         for voice in self.voice_bank:
             self.prefix_kv(voice)
         self.vocoder_dtype = pick_vocoder_dtype(config.vocoder_dtype, model.device)
+        # The flow (token encoder, estimator) in torch, or fp32 in ONNX Runtime (tts.onnx_flow).
+        self.flow_runtime = pick_flow_runtime(config.flow_runtime, model.device, config.compile)
+        onnx = self.flow_runtime == "onnxruntime"
         self.flow_estimator = FlowEstimator(model.s3gen.flow.decoder.estimator, compile=config.compile,
-                                            dtype=self.vocoder_dtype)
+                                            dtype=torch.float32 if onnx else self.vocoder_dtype,
+                                            runtime=self.flow_runtime)
+        self.flow_encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = TokenEncoder(model.s3gen.flow)
+        if onnx:
+            from tts import onnx_flow
+
+            encoder = onnx_flow.token_encoder(model.s3gen.flow)
+            split = self.thread_split()
+            counts = sorted({torch.get_num_threads(), *(split[1:] if split else ())})
+            for runner in (encoder, self.flow_estimator.onnx):
+                runner.prepare(counts)  # the sessions the vocoder runs on, inline and beside T3
+            self.flow_encoder = encoder
         prepare_hift(model.s3gen.mel2wav, self.vocoder_dtype)
         self.params = SamplingParams.of(
             fam.sampling, temperature=config.temperature, cfg_weight=config.cfg_weight,
@@ -156,7 +170,7 @@ class StreamingTTS:
             "t3": self.loaded.quant or str(self.dtype).removeprefix("torch."),
             "kv": str(self.decoder.kv_dtype).removeprefix("torch."),
             "decode_attention": "c-kernel" if self.decoder.cpu_attention is not None else "torch",
-            "vocoder": str(self.vocoder_dtype).removeprefix("torch."),
+            "vocoder": str(self.vocoder_dtype).removeprefix("torch."), "flow_runtime": self.flow_runtime,
             "compile": self.config.compile, "pipeline": self.pipelined, "flow_steps": self.flow_steps,
             "flow_cfg_rate": self.flow_cfg_rate, "first_chunk_tokens": self.resolved.first_chunk_tokens,
             "chunk_tokens": self.resolved.chunk_tokens, "lean_below_s": self.resolved.lean_below_s,
@@ -181,7 +195,7 @@ class StreamingTTS:
             self._identity = json.dumps({
                 "family": self.family.name, "checkpoint": checkpoint_files(self.checkpoint_dir, self.family),
                 "device": self.device.type, "dtype": self.settings()["t3"], "kv": self.settings()["kv"],
-                "vocoder": self.settings()["vocoder"],
+                "vocoder": self.settings()["vocoder"], "flow_runtime": self.flow_runtime,
                 "sampling": dataclasses.asdict(self.params),
                 "flow": [self.flow_steps, self.flow_cfg_rate], "voices": voices, "settings": settings,
             }, sort_keys=True)
@@ -316,7 +330,7 @@ class StreamingTTS:
                                    flow_steps=self.flow_steps, context_tokens=self.resolved.context_tokens,
                                    crossfade_ms=self.config.crossfade_ms, generator=generator,
                                    flow_cfg_rate=self.flow_cfg_rate, estimator=self.flow_estimator,
-                                   first_prompt_tokens=self.resolved.first_prompt_tokens)
+                                   first_prompt_tokens=self.resolved.first_prompt_tokens, encoder=self.flow_encoder)
         return _Call(spec, generator, prefix, vocoder)
 
     def _stream(self, spec: _CallSpec, cancel: threading.Event | None, stats: SynthesisStats, queued_s: float,

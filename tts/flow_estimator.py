@@ -35,8 +35,9 @@ class FlowEstimator:
     """Call as upstream's estimator: (x, mask, mu, t, spks, cond) -> velocity, all (B, 80, T)."""
 
     def __init__(self, estimator: Any, *, compile: bool, bucketed: bool | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, runtime: str = "torch") -> None:
         # `estimator`: upstream's chatterbox ConditionalDecoder (untyped, so Any at this boundary).
+        # `runtime`: "torch", or "onnxruntime" (fp32, exported from this U-Net: tts.onnx_flow).
         if estimator.static_chunk_size != 0:
             raise ValueError("FlowEstimator supports the full-context S3Gen estimator only")
         for _, _, down in estimator.down_blocks:
@@ -63,6 +64,17 @@ class FlowEstimator:
             device = next(estimator.parameters()).device
             mode = "reduce-overhead" if device.type == "cuda" else "default"
             self._forward = torch.compile(self._unet, mode=mode, fullgraph=True, dynamic=True)
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            if compile or self.dtype != torch.float32:
+                raise ValueError("the onnxruntime flow estimator runs fp32 weights, uncompiled")
+            from tts import onnx_flow
+
+            self.bucketed = bucketed or False  # no per-shape kernels to warm: any length runs as fast
+            self.onnx: Any = onnx_flow.estimator(_Unet(self._unet, estimator))
+            self._forward = self.onnx
+        elif runtime != "torch":
+            raise ValueError(f"unknown flow estimator runtime {runtime!r}")
         self.lengths_seen: set[int] = set()  # padded lengths run so far
         self.warmed: set[int] = set()  # padded lengths run by warm_up
 
@@ -138,3 +150,15 @@ class FlowEstimator:
         h = est.final_block(h, mask)
         out: Tensor = est.final_proj(h * mask) * mask
         return out
+
+
+class _Unet(torch.nn.Module):
+    """`FlowEstimator._unet` as a module over upstream's estimator (what an ONNX export traces)."""
+
+    def __init__(self, unet: Callable[..., Tensor], estimator: torch.nn.Module) -> None:
+        super().__init__()
+        self.estimator = estimator  # registered: the export takes its weights along
+        self.unet = unet
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.unet(*inputs)

@@ -96,9 +96,36 @@ def pick_vocoder_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
 
 
+def pick_flow_runtime(name: str, device: torch.device, compile: bool) -> str:
+    """The flow's (token encoder and estimator) runtime. auto: ONNX Runtime on a CPU with AVX-512
+    (1.9-2.2x torch's fp32 there at the same output; tts.onnx_flow) unless compiling, torch
+    elsewhere (CUDA: compiled graphs; AVX2: under 1.5x)."""
+    if name == "onnxruntime":
+        if device.type != "cpu" or compile:
+            raise DeviceError("tts.flow_runtime onnxruntime is a CPU path without compile; use torch")
+        return name
+    if name == "torch":
+        return name
+    if device.type != "cpu" or compile or "avx512f" not in cpu_flags():
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+def load_s3gen(fam: Family, ckpt: Path) -> Any:
+    """Upstream's S3Gen with the family's decoder and its checkpoint's fp32 weights (on the CPU)."""
+    from chatterbox.models.s3gen import S3Gen
+
+    s3gen = S3Gen(meanflow=fam.flow.meanflow)
+    load_weights(s3gen, ckpt / fam.flow.weights, strict=False)
+    return s3gen
+
+
 def load_model(config: TTSConfig) -> LoadedModel:
     """Resolve the checkpoint (hub id, directory, or the family's repository), load and validate every part."""
-    from chatterbox.models.s3gen import S3Gen
     from chatterbox.models.t3 import T3
     from chatterbox.models.voice_encoder import VoiceEncoder
 
@@ -116,8 +143,7 @@ def load_model(config: TTSConfig) -> LoadedModel:
 
     t3 = T3(fam.hparams())
     load_weights(t3, ckpt / fam.t3_weights)
-    s3gen = S3Gen(meanflow=fam.flow.meanflow)
-    load_weights(s3gen, ckpt / fam.flow.weights, strict=False)
+    s3gen = load_s3gen(fam, ckpt)
     ve = VoiceEncoder()
     load_weights(ve, ckpt / fam.ve_weights)
     tokenizer = fam.load_tokenizer(ckpt)

@@ -20,7 +20,6 @@ core T3 has; a prefill's segments too (`Segment`).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from tts.errors import DeviceError
+from tts.onnx_sessions import Sessions, onnx_modules
 
 BLOCK = 32  # input channels per scale: the finest block MLAS's integer GEMV runs fast on
 BITS = {"int4": 4, "int8": 8}
@@ -37,12 +36,7 @@ _OPSET = 20  # Gelu with approximate="tanh"
 
 
 def _onnx() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:  # pragma: no cover - dependencies of the package
-        raise DeviceError("tts.dtype int8 and int4 need onnx and onnxruntime (pip install onnx onnxruntime)") from exc
-    return onnx, onnxruntime
+    return onnx_modules("tts.dtype int8 and int4")
 
 
 class Graph:
@@ -155,34 +149,17 @@ class Segment:
 
     A decode step (one or two rows) runs single-threaded: reading the weights is the cost and a
     second thread bought nothing measurable. A prefill is compute-bound and runs on the calling
-    thread's torch thread count, through a session whose pool does not spin between runs: beside
-    torch's OpenMP team on two cores, a spinning pool made a two-thread step 25x slower.
+    thread's torch thread count (`tts.onnx_sessions`).
     """
 
     def __init__(self, graph: Graph) -> None:
         self.outputs = [o.name for o in graph.outputs]
         self.weight_bytes = sum(int(np.prod(t.dims)) * (1 if t.data_type == 2 else 4) for t in graph.inits)
-        self._model = graph.serialize()
-        self._sessions = {1: self._new_session(1)}
-        self._lock = threading.Lock()
-
-    def _new_session(self, threads: int) -> Any:
-        _, ort = _onnx()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
+        self._sessions = Sessions(graph.serialize(), "tts.dtype int8 and int4")
+        self._sessions.get(1)
 
     def _session(self, rows: int) -> Any:
-        threads = torch.get_num_threads() if rows >= _PREFILL_ROWS else 1
-        session = self._sessions.get(threads)
-        if session is None:
-            with self._lock:  # made once per thread count, on the first prefill (at load)
-                session = self._sessions.get(threads) or self._new_session(threads)
-                self._sessions[threads] = session
-        return session
+        return self._sessions.get(torch.get_num_threads() if rows >= _PREFILL_ROWS else 1)
 
     def run(self, **inputs: Tensor) -> list[Tensor]:
         feeds = {k: v.reshape(-1, v.shape[-1]).float().contiguous().numpy() for k, v in inputs.items()}

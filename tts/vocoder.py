@@ -250,17 +250,33 @@ def window_frames(prompt: VoicePrompt, context_tokens: int, max_chunk_tokens: in
     return sorted(every)
 
 
+class TokenEncoder(torch.nn.Module):
+    """Upstream flow's token path: tokens (1, N) and their count -> (1, 2N, 80) (embedding, conformer
+    encoder with 2x upsampling, projection; per frame, so cutting frames after it is exact)."""
+
+    def __init__(self, flow: Any) -> None:
+        super().__init__()
+        self.flow = flow  # upstream's CausalMaskedDiffWithXvec (untyped, so Any at this boundary)
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        h, _ = self.flow.encoder(self.flow.input_embedding(tokens), lengths)  # (1, 2N, 512)
+        out: Tensor = self.flow.encoder_proj(h)
+        return out
+
+
 class StreamingVocoder:
     """One request's vocoder state. Call `process` with all tokens so far; it returns new PCM."""
 
     def __init__(self, s3gen: Any, prompt: VoicePrompt, *, max_tokens: int, flow: FlowSpec, flow_steps: int,
                  context_tokens: int, crossfade_ms: float, generator: torch.Generator | None,
                  flow_cfg_rate: float, estimator: FlowEstimator | None = None,
-                 first_prompt_tokens: int | None = None) -> None:
+                 first_prompt_tokens: int | None = None,
+                 encoder: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
         # `s3gen`: upstream's chatterbox S3Gen module (untyped, so Any at this boundary).
         # `flow`: the family's flow decoder (time schedule, tail silence); `flow_steps` and
         # `flow_cfg_rate` as configured (a meanflow decoder has no CFG: its rate must be 0).
         # `estimator`: the engine's shared (maybe compiled) one; eager over s3gen's weights if None.
+        # `encoder`: the engine's token encoder (`TokenEncoder`, or tts.onnx_flow's); torch if None.
         # `first_prompt_tokens`: the first (non-final) chunk runs behind only the prompt's last this
         # many tokens (None: all of it). Its flow window is mostly prompt (a 6-token chunk behind a
         # 50-token prompt: 100 of 118 frames) and first audio waits for it; later chunks, which
@@ -268,6 +284,7 @@ class StreamingVocoder:
         # for lean ones (`process(lean=True)`: the engine's while the player's queue is thin).
         self.flow = s3gen.flow
         self.estimator = estimator or FlowEstimator(s3gen.flow.decoder.estimator, compile=False)
+        self.encode = encoder or TokenEncoder(s3gen.flow)
         self.hift = s3gen.mel2wav
         self.trim_fade: npt.NDArray[np.float32] = s3gen.trim_fade.cpu().numpy()
         self.prompt = prompt
@@ -339,15 +356,12 @@ class StreamingVocoder:
         return pcm
 
     def _token2mel(self, window: Tensor, start: int, short_prompt: bool, finalize: bool) -> Tensor:
-        flow = self.flow
         prompt = self.first_prompt if short_prompt else self.prompt
         tokens = torch.cat([prompt.tokens, window], dim=1)  # (1, P + W)
         lengths = torch.tensor([tokens.shape[1]], device=tokens.device)
-        x = flow.input_embedding(tokens)  # (1, P + W, 512)
-        h, _ = flow.encoder(x, lengths)  # (1, 2(P + W), 512)
+        h = self.encode(tokens, lengths)  # (1, 2(P + W), 80)
         if not finalize:
-            h = h[:, : -LOOKAHEAD * MEL_PER_TOKEN]
-        h = flow.encoder_proj(h)  # (1, T, 80)
+            h = h[:, : -LOOKAHEAD * MEL_PER_TOKEN]  # (1, T, 80)
         n_prompt = prompt.mels.shape[1]
         n_total = h.shape[1]
         cond = torch.zeros(1, n_total, 80, device=h.device, dtype=h.dtype)
