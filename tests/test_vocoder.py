@@ -153,6 +153,36 @@ def test_the_flow_runtime_is_onnxruntime_only_on_an_avx512_cpu(monkeypatch: pyte
     with pytest.raises(DeviceError, match="CPU path"):
         loading.pick_flow_runtime("onnxruntime", cuda, compile=False)
 
+
+def test_hift_runs_at_bucketed_lengths_once_its_cache_is_full(vocoder: Vocoder) -> None:
+    # oneDNN builds HiFT's kernels per input length: chunks of any size take as many cached frames
+    # as context as round the input up to a bucket (at least HIFT_CONTEXT_MELS).
+    from tts.vocoder import HIFT_BUCKET_MELS, HIFT_CONTEXT_MELS, hift_length
+
+    assert [hift_length(n) for n in (1, 8, 9, 24, 25)] == [16, 16, 32, 32, 48]
+    lengths: list[int] = []
+    hift = vocoder.s3gen.mel2wav
+    inference = hift.inference
+
+    def recording(speech_feat: torch.Tensor, cache_source: torch.Tensor) -> Any:
+        lengths.append(speech_feat.shape[2])
+        # The cached source covers the context frames (whole frames, fewer than the input's).
+        assert cache_source.shape[2] % 480 == 0 and cache_source.shape[2] < speech_feat.shape[2] * 480
+        return inference(speech_feat=speech_feat, cache_source=cache_source)
+
+    hift.inference = recording
+    try:
+        flow = vocoder.family.flow
+        streamed = fidelity.stream_ours(vocoder.s3gen, vocoder.prompt, _tokens(60, seed=2), flow=flow,
+                                        schedule=ChunkSchedule(5, 7, 1.5, 13), flow_steps=1, context_tokens=8,
+                                        crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate)
+    finally:
+        del hift.inference
+    assert len(lengths) >= 6 and np.isfinite(streamed.audio).all()
+    assert lengths[0] == 2 * 5  # the first chunk has no cache
+    full = lengths[2:]  # from the third call on the cache holds HIFT_CONTEXT_MELS + a bucket's frames
+    assert all(n % HIFT_BUCKET_MELS == 0 and n >= HIFT_CONTEXT_MELS for n in full), lengths
+
 def test_stream_voices_every_token_and_flushes_the_end(vocoder: Vocoder) -> None:
     tokens = _tokens(31)
     flow = vocoder.family.flow

@@ -38,7 +38,17 @@ from tts.loading import LoadedModel, load_model, pick_flow_runtime, pick_vocoder
 from tts.schedule import ChunkSchedule
 from tts.t3 import Block, PrefixKV, SamplingParams, T3Decoder, prefix_length
 from tts.text import normalize, strip_tags, token_budget
-from tts.vocoder import LOOKAHEAD, SAMPLE_RATE, StreamingVocoder, TokenEncoder, prepare_hift, window_frames
+from tts.vocoder import (
+    HIFT_BUCKET_MELS,
+    LOOKAHEAD,
+    MEL_PER_TOKEN,
+    SAMPLE_RATE,
+    StreamingVocoder,
+    TokenEncoder,
+    hift_length,
+    prepare_hift,
+    window_frames,
+)
 from tts.voices import Voice
 
 log = logging.getLogger(__name__)
@@ -231,7 +241,14 @@ class StreamingTTS:
                   for n in window_frames(voice.prompt, self.resolved.context_tokens, cfg.max_chunk_tokens,
                                          self.resolved.first_prompt_tokens, lean=self.resolved.lean_below_s > 0)]
         flow_buckets = {bucket(n) for n in frames} if self.flow_estimator.bucketed else set()
-        total = len(t3_buckets) + len(flow_buckets) + 1
+        # HiFT at each of its input lengths (tts.vocoder.hift_length), on a CPU at each thread count
+        # the vocoder runs with: oneDNN builds its convolution kernels per length and thread count.
+        split = self.thread_split()
+        hift_threads = sorted({torch.get_num_threads(), *(split[1:] if split else ())})
+        longest = hift_length(MEL_PER_TOKEN * (cfg.max_chunk_tokens + LOOKAHEAD + self.family.flow.tail_silence))
+        hift_runs = ([(n, k) for k in hift_threads for n in range(HIFT_BUCKET_MELS, longest + 1, HIFT_BUCKET_MELS)]
+                     if self.device.type == "cpu" else [])
+        total = len(t3_buckets) + len(flow_buckets) + len(hift_runs) + 1
         if t3_buckets:
             self.decoder.warm_up(shortest, self.decoder.max_len - shortest - 1, self.params,
                                  progress=lambda n, _: _report(progress, n, total, "T3 step graph"))
@@ -241,6 +258,16 @@ class StreamingTTS:
                 frames, rows=2 if self.flow_cfg_rate > 0 else 1, device=self.device,
                 progress=lambda k, _: _report(progress, len(t3_buckets) + k, total, "flow estimator window"))
             log.info("warm-up: flow estimator run at %d window lengths%s", n, " (compiled)" if cfg.compile else "")
+        done = len(t3_buckets) + len(flow_buckets)
+        for n, threads in hift_runs:
+            with _threads(threads), torch.inference_mode():
+                self.s3gen.mel2wav.inference(speech_feat=torch.zeros(1, 80, n, device=self.device),
+                                             cache_source=torch.zeros(1, 1, 0, device=self.device))
+            done += 1
+            _report(progress, done, total, "HiFT length")
+        if hift_runs:
+            log.info("warm-up: HiFT run at %d lengths x %d thread counts", len(hift_runs) // len(hift_threads),
+                     len(hift_threads))
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
@@ -598,6 +625,17 @@ class _Cores:
     def reclaim(self) -> None:
         if self.worker is not None and not self.worker.is_alive() and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """This thread's torch thread count set to `n` for a while."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _AnyEvent:

@@ -39,7 +39,7 @@ def export(module: torch.nn.Module, example: tuple[Tensor, ...], inputs: Sequenc
     # at the example's values: shape checks that hold for every length (tests/test_vocoder.py runs
     # other lengths and row counts against torch).
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         torch.onnx.export(module.eval(), example, buffer,  # type: ignore[arg-type]  # a file-like works
                           input_names=list(inputs), output_names=["out"], opset_version=_OPSET, dynamic_axes=dynamic)
     return buffer.getvalue()

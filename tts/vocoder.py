@@ -31,7 +31,17 @@ SAMPLE_RATE = 24000
 MEL_PER_TOKEN = 2  # 25 Hz tokens -> 50 Hz mel frames
 SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
 LOOKAHEAD = 3  # tokens the flow encoder looks ahead (pre_lookahead_len)
-HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk
+HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk, at least
+# HiFT's input length (context + new frames) is rounded up to a multiple of this by taking more of
+# the cached frames as context: oneDNN builds its convolution kernels per input length (~0.5 s for
+# HiFT's ~60 convolutions at a new length on one core), and a chunk schedule that sizes chunks
+# freely meets a new length at most chunks; in buckets a few lengths cover every chunk.
+HIFT_BUCKET_MELS = 16
+
+
+def hift_length(new_frames: int) -> int:
+    """HiFT's input length for a chunk of `new_frames` mel frames behind a full cache."""
+    return -(-(new_frames + HIFT_CONTEXT_MELS) // HIFT_BUCKET_MELS) * HIFT_BUCKET_MELS
 
 
 @dataclass(frozen=True)
@@ -306,7 +316,7 @@ class StreamingVocoder:
         with torch.inference_mode():
             self.spks = self.flow.spk_embed_affine_layer(F.normalize(prompt.xvector, dim=1))  # (1, 80)
         self.emitted_tokens = 0
-        self.mel_tail: Tensor | None = None  # (1, 80, <=HIFT_CONTEXT_MELS)
+        self.mel_tail: Tensor | None = None  # (1, 80, <= HIFT_CONTEXT_MELS + HIFT_BUCKET_MELS - 1)
         self.source_tail: Tensor | None = None  # (1, 1, mel_tail frames * 480)
         # tail withheld for the next crossfade
         self.held: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
@@ -401,16 +411,21 @@ class StreamingVocoder:
         return x_in[:1, :, :frames]
 
     def _mel2pcm(self, new_mel: Tensor, final: bool) -> npt.NDArray[np.float32]:
-        ctx = 0 if self.mel_tail is None else self.mel_tail.shape[2]
-        mel_in = new_mel if self.mel_tail is None else torch.cat([self.mel_tail, new_mel], dim=2)
-        cache = (self.source_tail if self.source_tail is not None
-                 else torch.zeros(1, 1, 0, device=mel_in.device))
+        new = new_mel.shape[2]
+        # Context: the cached frames that round HiFT's input up to its bucket (at least
+        # HIFT_CONTEXT_MELS once the cache holds them; more context only helps the seam).
+        ctx = 0 if self.mel_tail is None else min(self.mel_tail.shape[2], hift_length(new) - new)
+        if ctx and self.mel_tail is not None and self.source_tail is not None:
+            mel_in = torch.cat([self.mel_tail[:, :, -ctx:], new_mel], dim=2)
+            cache = self.source_tail[:, :, -ctx * SAMPLES_PER_MEL:]
+        else:
+            mel_in, cache = new_mel, torch.zeros(1, 1, 0, device=new_mel.device)
         devices = [mel_in.device] if mel_in.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=mel_in.device.type):
             torch.manual_seed(self.hift_seed + self.chunks)
             wav, source = self.hift.inference(speech_feat=mel_in, cache_source=cache)  # (1, S), (1, 1, S)
         self.chunks += 1
-        self.mel_tail = mel_in[:, :, -HIFT_CONTEXT_MELS:]
+        self.mel_tail = mel_in[:, :, -(HIFT_CONTEXT_MELS + HIFT_BUCKET_MELS - 1):]
         self.source_tail = source[:, :, -self.mel_tail.shape[2] * SAMPLES_PER_MEL :]
         audio: npt.NDArray[np.float32] = wav[0].float().cpu().numpy()
         boundary = ctx * SAMPLES_PER_MEL  # first sample of the new frames
