@@ -47,6 +47,10 @@ def fast_tts_settings(checkpoint: Path, family: str = DEFAULT_FAMILY) -> dict[st
         "max_chunk_tokens": 24,
         "max_tokens_per_char": 1.0,
         "seed": 7,
+        # The flow in torch: ONNX Runtime's sessions add ~1.5 GB per engine, and a test process holds
+        # one engine per family beside the daemons it starts (tests/test_vocoder.py checks the
+        # ONNX Runtime flow against torch's).
+        "flow_runtime": "torch",
     }
 
 

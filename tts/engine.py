@@ -120,10 +120,8 @@ class StreamingTTS:
             from tts import onnx_flow
 
             encoder = onnx_flow.token_encoder(model.s3gen.flow)
-            split = self.thread_split()
-            counts = sorted({torch.get_num_threads(), *(split[1:] if split else ())})
             for runner in (encoder, self.flow_estimator.onnx):
-                runner.prepare(counts)  # the sessions the vocoder runs on, inline and beside T3
+                runner.prepare(self.vocoder_thread_counts())  # its sessions, made now
             self.flow_encoder = encoder
         prepare_hift(model.s3gen.mel2wav, self.vocoder_dtype)
         self.params = SamplingParams.of(
@@ -159,6 +157,12 @@ class StreamingTTS:
         total = torch.get_num_threads()
         t3 = self.config.t3_threads or max(1, total // 2)
         return min(t3, total), max(1, total - t3)
+
+    def vocoder_thread_counts(self) -> list[int]:
+        """The thread counts the vocoder runs with: every core (the first chunk, inline decoding, the
+        end of a request) and, pipelined on a CPU, its share beside T3."""
+        split = self.thread_split() if self.pipelined else None
+        return sorted({torch.get_num_threads(), *(split[1:] if split else ())})
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -243,8 +247,7 @@ class StreamingTTS:
         flow_buckets = {bucket(n) for n in frames} if self.flow_estimator.bucketed else set()
         # HiFT at each of its input lengths (tts.vocoder.hift_length), on a CPU at each thread count
         # the vocoder runs with: oneDNN builds its convolution kernels per length and thread count.
-        split = self.thread_split()
-        hift_threads = sorted({torch.get_num_threads(), *(split[1:] if split else ())})
+        hift_threads = self.vocoder_thread_counts()
         longest = hift_length(MEL_PER_TOKEN * (cfg.max_chunk_tokens + LOOKAHEAD + self.family.flow.tail_silence))
         hift_runs = ([(n, k) for k in hift_threads for n in range(HIFT_BUCKET_MELS, longest + 1, HIFT_BUCKET_MELS)]
                      if self.device.type == "cpu" else [])

@@ -55,9 +55,11 @@ class OnnxModule:
         self.export_s = 0.0
 
     def prepare(self, thread_counts: Sequence[int]) -> None:
-        """Make the sessions for these thread counts now (a session costs ~0.3 s to make)."""
+        """Make the sessions for these thread counts now (~0.3 s each) and drop the serialised model
+        (the estimator's is 280 MB): another count later runs on the closest of these."""
         for threads in thread_counts:
             self._sessions.get(threads)
+        self._sessions.release()
 
     def __call__(self, *tensors: Tensor) -> Tensor:
         session = self._sessions.get(torch.get_num_threads())

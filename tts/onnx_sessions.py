@@ -28,7 +28,7 @@ class Sessions:
     """Sessions of one serialised ONNX model, keyed by intra-op thread count (1: the caller's thread)."""
 
     def __init__(self, model: bytes, purpose: str) -> None:
-        self._model = model
+        self._model: bytes | None = model
         self._purpose = purpose
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -37,11 +37,22 @@ class Sessions:
         session = self._sessions.get(threads)
         if session is None:
             with self._lock:
-                session = self._sessions.get(threads) or self._new(threads)
+                session = self._sessions.get(threads)
+                if session is None and self._model is None:  # released: the closest one made
+                    return self._sessions[min(self._sessions, key=lambda n: (abs(n - threads), -n))]
+                session = session or self._new(threads)
                 self._sessions[threads] = session
         return session
 
+    def release(self) -> None:
+        """Drop the serialised model (hundreds of MB for the flow): no further sessions are made;
+        another thread count then runs on the closest one made."""
+        with self._lock:
+            if self._sessions:
+                self._model = None
+
     def _new(self, threads: int) -> Any:
+        assert self._model is not None
         _, ort = onnx_modules(self._purpose)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
