@@ -494,9 +494,7 @@ class StreamingTTS:
             return None
         if ahead.call.spec.key == spec.key:
             return ahead
-        ahead.halt.set()
-        ahead.t3.thread.join()  # releases the decoder
-        torch.set_num_threads(ahead.caller_threads)
+        ahead.stop()
         return None
 
     @staticmethod
@@ -604,9 +602,13 @@ class _Ahead:
                     return
                 yield block
         finally:
-            self.halt.set()
-            self.t3.thread.join()
-            torch.set_num_threads(self.caller_threads)
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop its decoding (which releases the decoder) and give the caller every core back."""
+        self.halt.set()
+        self.t3.thread.join()
+        torch.set_num_threads(self.caller_threads)
 
 
 class _Cores:

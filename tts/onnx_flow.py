@@ -52,6 +52,7 @@ class OnnxModule:
     def __init__(self, model: bytes, inputs: Sequence[str]) -> None:
         self._inputs = list(inputs)
         self._sessions = Sessions(model, PURPOSE)
+        self._used: set[str] | None = None  # the inputs the graph reads (every session's alike)
         self.export_s = 0.0
 
     def prepare(self, thread_counts: Sequence[int]) -> None:
@@ -63,9 +64,10 @@ class OnnxModule:
 
     def __call__(self, *tensors: Tensor) -> Tensor:
         session = self._sessions.get(torch.get_num_threads())
-        # An input the graph never reads (the original's estimator ignores r) is not in the export.
-        used = {i.name for i in session.get_inputs()}
-        feeds = {name: _numpy(t) for name, t in zip(self._inputs, tensors, strict=True) if name in used}
+        if self._used is None:
+            # An input the graph never reads (the original's estimator ignores r) is not in the export.
+            self._used = {i.name for i in session.get_inputs()}
+        feeds = {name: _numpy(t) for name, t in zip(self._inputs, tensors, strict=True) if name in self._used}
         return torch.from_numpy(session.run(None, feeds)[0])
 
 
