@@ -63,7 +63,7 @@ def stream_ours(s3gen: Any, prompt: VoicePrompt, tokens: list[int], *, flow: Flo
         if len(chunks) == 1:
             first_chunk_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    chunks.append(vocoder.process(tokens, final=True))
+    chunks.append(vocoder.process(tokens, final=True, lean=schedule.buffered_s < lean_below_s))
     if len(chunks) == 1:  # the whole sequence was one window
         first_chunk_s = time.perf_counter() - t0
     return dataclasses.replace(_joined(chunks), first_chunk_s=first_chunk_s)

@@ -15,7 +15,7 @@ def test_a_cpu_gets_the_realtime_profile_with_the_fewest_flow_steps_the_decoder_
     turbo = resolve(TTSConfig(model="turbo"), FAMILIES["turbo"], CPU)
     assert (turbo.profile, turbo.pipeline, turbo.prompt_tokens, turbo.first_prompt_tokens, turbo.context_tokens,
             turbo.first_chunk_tokens, turbo.chunk_tokens, turbo.lean_below_s) == (
-        "realtime", True, 50, 25, 25, 6, 8, 1.0)
+        "realtime", True, 50, 25, 25, 9, 8, 1.0)
     assert turbo.flow_steps == FAMILIES["turbo"].flow.fewest_steps == 1  # one-step meanflow
     # A family without a fewer-step decoder keeps its own steps (the original's 10 cosine steps).
     assert resolve(TTSConfig(model="original"), FAMILIES["original"], CPU).flow_steps == 10

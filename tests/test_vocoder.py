@@ -180,8 +180,22 @@ def test_hift_runs_at_bucketed_lengths_once_its_cache_is_full(vocoder: Vocoder) 
         del hift.inference
     assert len(lengths) >= 6 and np.isfinite(streamed.audio).all()
     assert lengths[0] == 2 * 5  # the first chunk has no cache
-    full = lengths[2:]  # from the third call on the cache holds HIFT_CONTEXT_MELS + a bucket's frames
-    assert all(n % HIFT_BUCKET_MELS == 0 and n >= HIFT_CONTEXT_MELS for n in full), lengths
+    # From the second call on every input is a bucket: right after the first chunk (10 cached
+    # frames) with less context, from the third on with at least HIFT_CONTEXT_MELS.
+    assert all(n % HIFT_BUCKET_MELS == 0 for n in lengths[1:]), lengths
+    assert all(n >= HIFT_CONTEXT_MELS for n in lengths[2:]), lengths
+
+
+def test_hift_context_keeps_inputs_on_buckets_even_behind_a_short_cache() -> None:
+    from tts.vocoder import HIFT_BUCKET_MELS, HIFT_CONTEXT_MELS, hift_context, hift_length
+
+    for new in range(1, 80):
+        full = hift_context(new, cached=HIFT_CONTEXT_MELS + HIFT_BUCKET_MELS - 1)
+        assert full >= HIFT_CONTEXT_MELS and full + new == hift_length(new)
+        # After a 9-token first chunk (18 cached frames): a bucket with what the cache holds.
+        short = hift_context(new, cached=18)
+        assert short <= 18 and (short + new) % HIFT_BUCKET_MELS == 0
+    assert hift_context(28, cached=3) == 3  # too short for any bucket: all of it, unrounded
 
 def test_stream_voices_every_token_and_flushes_the_end(vocoder: Vocoder) -> None:
     tokens = _tokens(31)
@@ -240,7 +254,7 @@ def test_a_shorter_first_prompt_shortens_only_the_first_window(vocoder: Vocoder)
 
 
 
-def test_lean_chunks_run_behind_the_first_prompt_and_the_final_one_behind_the_whole(vocoder: Vocoder) -> None:
+def test_lean_chunks_run_behind_the_first_prompt_the_final_one_too(vocoder: Vocoder) -> None:
     from tts.vocoder import window_frames
 
     flow = vocoder.family.flow
@@ -249,7 +263,7 @@ def test_lean_chunks_run_behind_the_first_prompt_and_the_final_one_behind_the_wh
     calls: list[int] = []
     run = estimator._forward
     estimator._forward = lambda x, *rest: calls.append(x.shape[-1]) or run(x, *rest)  # type: ignore[method-assign]
-    # No timings reach this schedule, so its queue reads empty: every chunk but the final is lean.
+    # No timings reach this schedule, so its queue reads empty: every chunk is lean, the final too.
     lean = fidelity.stream_ours(
         vocoder.s3gen, vocoder.prompt, tokens, flow=flow, schedule=ChunkSchedule(5, 8, 2.0, 16), flow_steps=1,
         context_tokens=8, crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate, estimator=estimator,
@@ -258,9 +272,18 @@ def test_lean_chunks_run_behind_the_first_prompt_and_the_final_one_behind_the_wh
     # Windows: 5 new tokens (no context yet), then 8 behind 5 of context, then the final rest.
     assert calls[0] == (10 + 5) * MEL_PER_TOKEN
     assert calls[1] == (10 + 5 + 8) * MEL_PER_TOKEN
-    assert calls[-1] > prompt_frames  # the final window sees the whole prompt again
+    lean_final = calls[-1]
     assert set(calls[:-1]) <= set(window_frames(vocoder.prompt, 8, 16, 10, lean=True))  # warmed up
     assert len(lean.audio) > 0 and np.isfinite(lean.audio).all()
+    # Without lean chunks the final window sees the whole prompt again.
+    calls.clear()
+    fidelity.stream_ours(
+        vocoder.s3gen, vocoder.prompt, tokens, flow=flow, schedule=ChunkSchedule(5, 8, 2.0, 16), flow_steps=1,
+        context_tokens=8, crossfade_ms=20, seed=0, flow_cfg_rate=flow.cfg_rate, estimator=estimator,
+        first_prompt_tokens=10, lean_below_s=0.0)
+    assert calls[0] == (10 + 5) * MEL_PER_TOKEN and calls[-1] > prompt_frames
+    # The same final window, behind 10 prompt tokens instead of the whole prompt.
+    assert lean_final == calls[-1] - (prompt_frames - 10 * MEL_PER_TOKEN)
 
 def _upstream_hift(seed: int) -> torch.nn.Module:
     """HiFT as upstream's S3Gen builds it (its 24 kHz, 8x5x3 configuration), seeded random weights."""

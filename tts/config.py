@@ -55,7 +55,7 @@ class TTSConfig:
     # chunk as large as the audio queued ahead of playback covers (its synthesis may take at most
     # `chunk_headroom` of that audio's duration), between `chunk_tokens` and `max_chunk_tokens`.
     # When synthesis is slower than playback, chunks grow by `chunk_growth` instead (never shrinking
-    # while it stays slower). null = the device profile's (tts/profiles.py: first CPU 6, GPU 10;
+    # while it stays slower). null = the device profile's (tts/profiles.py: first CPU 9, GPU 10;
     # chunk_tokens CPU 8, GPU 25).
     first_chunk_tokens: int | None = None
     chunk_tokens: int | None = None

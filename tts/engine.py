@@ -98,8 +98,10 @@ class StreamingTTS:
         self.resolved = model.settings  # the device profile where the config left a knob null
         self.flow_steps = self.resolved.flow_steps
         self.flow_cfg_rate = self.resolved.flow_cfg_rate
-        # The longest prefix: conditioning + the longest text (+ its markers) + the BOS embeddings.
-        max_prefix = prefix_length(fam, model.t3.hp, config.max_text_tokens + 2)
+        # The longest text's positions (+ the start/stop text markers), and the longest prefix:
+        # conditioning + that text + the BOS embeddings.
+        self.max_text_positions = config.max_text_tokens + 2
+        max_prefix = prefix_length(fam, model.t3.hp, self.max_text_positions)
         self.decoder = T3Decoder(model.t3, fam, dtype=model.dtype, max_len=max_prefix + config.max_speech_tokens,
                                  quant=model.quant, compile=config.compile)
         self.decoder.release_upstream_layers()
@@ -137,7 +139,7 @@ class StreamingTTS:
         """The K/V every request of `voice` starts with (computed on first use of a voice added later)."""
         entry = self._prefix_kv.get(voice.name)
         if entry is None or entry[0] is not voice:
-            entry = (voice, self.decoder.cache_prefix(voice.cond_emb, self.config.max_text_tokens + 2))
+            entry = (voice, self.decoder.cache_prefix(voice.cond_emb, self.max_text_positions))
             self._prefix_kv[voice.name] = entry
         return entry[1]
 
@@ -271,6 +273,14 @@ class StreamingTTS:
         if hift_runs:
             log.info("warm-up: HiFT run at %d lengths x %d thread counts", len(hift_runs) // len(hift_threads),
                      len(hift_threads))
+        if self.device.type == "cpu":
+            # T3's longest prefill at each thread count it runs with (every core; its share when
+            # pipelined, where the next text is decoded ahead): the first one at a count is slow.
+            voice = self.voice_bank.get(None)
+            split = self.thread_split() if self.pipelined else None
+            for threads in sorted({torch.get_num_threads(), *(split[:1] if split else ())}):
+                with _threads(threads):
+                    self.decoder.warm_up_prefill(voice.cond_emb, self.max_text_positions, self.prefix_kv(voice))
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving
         # One short request end to end: prefill, steps, two vocoder chunks, final flush.
         stats = SynthesisStats()
@@ -419,7 +429,9 @@ class StreamingTTS:
         stats.stopped_by_guard = produced >= spec.budget
         if cancel is not None and cancel.is_set():
             return
-        pcm = vocoder.process(tokens, final=True)
+        # The rest, lean too while the queue is thin: a short sentence's last window (or the one
+        # before the next sentence's first) must come before the audio queued so far runs out.
+        pcm = vocoder.process(tokens, final=True, lean=schedule.buffered_s < self.resolved.lean_below_s)
         if len(pcm):
             yield self._emit(pcm, stats, start, vocoder)
 

@@ -1,12 +1,14 @@
 """Per-device defaults: the settings a config leaves null, chosen for the device the engine runs on.
 
 * `realtime` (a CPU): T3 pipelined on its own cores, a 50-token voice prompt and 25 tokens of left
-  context in every vocoder call, a 6-token first chunk behind only 25 of the prompt's tokens (its
-  flow window is then 68 frames instead of 118), chunks from 8 tokens up that also run behind
+  context in every vocoder call, a 9-token first chunk behind only 25 of the prompt's tokens (its
+  flow window is then 74 frames instead of 124), chunks from 8 tokens up that also run behind
   those 25 while less than a second of audio is queued (lean chunks: the next one is ready before
   the queue runs dry), and the fewest flow steps the family's decoder is made for (Turbo's
   meanflow: one): what brings Turbo closest to playback speed on two cores (README "Performance";
-  `chatterd bench parts`, `chatterd bench knobs --family turbo`, `chatterd bench daemon`).
+  `chatterd bench parts`, `chatterd bench knobs --family turbo`, `chatterd bench daemon`). The
+  first chunk is as long as the second takes to make (T3's next 8 tokens, then their vocoding,
+  each on one core: ~0.33 s on an AVX-512 EPYC): a 6-token one played out ~50 ms before it.
 * `fidelity` (CUDA): the full voice prompt, 50 tokens of context, a 10-token first chunk, chunks
   from 25 tokens up, never lean; T3 on its own CUDA stream. A GPU has the headroom, so nothing
   trades output distance for speed.
@@ -43,7 +45,7 @@ class Settings:
 
 _PROFILES: dict[str, dict[str, object]] = {
     "realtime": {"pipeline": True, "prompt_tokens": 50, "first_prompt_tokens": 25, "context_tokens": 25,
-                 "first_chunk_tokens": 6, "chunk_tokens": 8, "lean_below_s": 1.0, "fewest_flow_steps": True},
+                 "first_chunk_tokens": 9, "chunk_tokens": 8, "lean_below_s": 1.0, "fewest_flow_steps": True},
     "fidelity": {"pipeline": True, "prompt_tokens": None, "first_prompt_tokens": None, "context_tokens": 50,
                  "first_chunk_tokens": 10, "chunk_tokens": 25, "lean_below_s": 0.0, "fewest_flow_steps": False},
 }

@@ -771,6 +771,16 @@ class T3Decoder:
         return torch.empty(self.vocab, device=self.device).exponential_(1, generator=generator)
 
     @torch.inference_mode()
+    @torch.inference_mode()
+    def warm_up_prefill(self, cond_emb: Tensor, text_positions: int, cached: PrefixKV | None = None) -> None:
+        """Prefill `text_positions` text positions (the longest a request has) once, at this thread's
+        thread count. The first prefill that long at a thread count costs ~0.2 s more than the ones
+        after it (ONNX Runtime grows its buffers; shorter ones then fit), which a request's next text,
+        decoded ahead on T3's core, would otherwise pay in the middle of speech."""
+        text = torch.zeros(1, text_positions, dtype=torch.long, device=self.device)
+        with self._lock:
+            self.prefill(self.prefix_embeds(cond_emb, text), cached)
+
     def warm_up(self, prefix_len: int, max_tokens: int, params: SamplingParams,
                 progress: Callable[[int, int], None] | None = None) -> int:
         """Run every step shape a request of this size uses (all KV buckets); returns how many."""

@@ -44,6 +44,17 @@ def hift_length(new_frames: int) -> int:
     return -(-(new_frames + HIFT_CONTEXT_MELS) // HIFT_BUCKET_MELS) * HIFT_BUCKET_MELS
 
 
+def hift_context(new_frames: int, cached: int) -> int:
+    """Cached mel frames to feed HiFT in front of `new_frames` new ones: those that round its input
+    up to hift_length (at least HIFT_CONTEXT_MELS; more context only helps the seam), or whole
+    buckets fewer while the cache holds fewer (right after a short first chunk), so the input is
+    still a length warm-up ran; only a cache shorter than a bucket's remainder leaves it unrounded."""
+    ctx = hift_length(new_frames) - new_frames
+    while ctx > cached and ctx >= HIFT_BUCKET_MELS:
+        ctx -= HIFT_BUCKET_MELS
+    return min(ctx, cached)
+
+
 @dataclass(frozen=True)
 class VoicePrompt:
     """The S3Gen side of a voice: prompt tokens (1, P), prompt mels (1, 2P, 80), x-vector (1, 192)."""
@@ -338,9 +349,10 @@ class StreamingVocoder:
                 lean: bool = False, after_flow: Callable[[], None] | None = None) -> npt.NDArray[np.float32]:
         """Vocode the next `chunk` tokens (all remaining when final) -> float32 PCM to play now.
 
-        `lean`: a non-final chunk runs behind the first chunk's shorter prompt (fewer flow frames: a
-        small chunk behind 50 prompt and 25 context tokens is mostly prompt). `after_flow` runs
-        between the chunk's flow and its HiFT (the engine hands back cores there).
+        `lean`: the chunk (the final one too) runs behind the first chunk's shorter prompt (fewer flow
+        frames: a small chunk behind 50 prompt and 25 context tokens is mostly prompt); the engine
+        asks for it while little audio is queued. `after_flow` runs between the chunk's flow and its
+        HiFT (the engine hands back cores there).
         """
         import time
 
@@ -353,7 +365,7 @@ class StreamingVocoder:
         window_end = len(tokens) if final else end + LOOKAHEAD
         window = torch.tensor([tokens[start:window_end]], dtype=torch.long, device=self.noise.device)
         t0 = time.perf_counter()
-        mel = self._token2mel(window, start, short_prompt=(self.first or lean) and not final,
+        mel = self._token2mel(window, start, short_prompt=(self.first and not final) or lean,
                               finalize=final)  # (1, 80, 2*(end-start))
         new_mel = mel[:, :, (self.emitted_tokens - start) * MEL_PER_TOKEN :]
         if after_flow is not None:
@@ -412,9 +424,7 @@ class StreamingVocoder:
 
     def _mel2pcm(self, new_mel: Tensor, final: bool) -> npt.NDArray[np.float32]:
         new = new_mel.shape[2]
-        # Context: the cached frames that round HiFT's input up to its bucket (at least
-        # HIFT_CONTEXT_MELS once the cache holds them; more context only helps the seam).
-        ctx = 0 if self.mel_tail is None else min(self.mel_tail.shape[2], hift_length(new) - new)
+        ctx = 0 if self.mel_tail is None else hift_context(new, self.mel_tail.shape[2])
         if ctx and self.mel_tail is not None and self.source_tail is not None:
             mel_in = torch.cat([self.mel_tail[:, :, -ctx:], new_mel], dim=2)
             cache = self.source_tail[:, :, -ctx * SAMPLES_PER_MEL:]
