@@ -771,7 +771,6 @@ class T3Decoder:
         return torch.empty(self.vocab, device=self.device).exponential_(1, generator=generator)
 
     @torch.inference_mode()
-    @torch.inference_mode()
     def warm_up_prefill(self, cond_emb: Tensor, text_positions: int, cached: PrefixKV | None = None) -> None:
         """Prefill `text_positions` text positions (the longest a request has) once, at this thread's
         thread count. The first prefill that long at a thread count costs ~0.2 s more than the ones
@@ -781,6 +780,7 @@ class T3Decoder:
         with self._lock:
             self.prefill(self.prefix_embeds(cond_emb, text), cached)
 
+    @torch.inference_mode()
     def warm_up(self, prefix_len: int, max_tokens: int, params: SamplingParams,
                 progress: Callable[[int, int], None] | None = None) -> int:
         """Run every step shape a request of this size uses (all KV buckets); returns how many."""
