@@ -163,8 +163,16 @@ class StreamingTTS:
     def vocoder_thread_counts(self) -> list[int]:
         """The thread counts the vocoder runs with: every core (the first chunk, inline decoding, the
         end of a request) and, pipelined on a CPU, its share beside T3."""
+        return self._thread_counts(side=1)
+
+    def t3_thread_counts(self) -> list[int]:
+        """The thread counts T3 runs with: every core (a request's first block) and, pipelined on a
+        CPU, its share beside the vocoder (the rest, and the next text decoded ahead)."""
+        return self._thread_counts(side=0)
+
+    def _thread_counts(self, side: int) -> list[int]:
         split = self.thread_split() if self.pipelined else None
-        return sorted({torch.get_num_threads(), *(split[1:] if split else ())})
+        return sorted({torch.get_num_threads(), *(split[side:side + 1] if split else ())})
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -274,11 +282,9 @@ class StreamingTTS:
             log.info("warm-up: HiFT run at %d lengths x %d thread counts", len(hift_runs) // len(hift_threads),
                      len(hift_threads))
         if self.device.type == "cpu":
-            # T3's longest prefill at each thread count it runs with (every core; its share when
-            # pipelined, where the next text is decoded ahead): the first one at a count is slow.
+            # T3's longest prefill at each thread count it runs with: the first one at a count is slow.
             voice = self.voice_bank.get(None)
-            split = self.thread_split() if self.pipelined else None
-            for threads in sorted({torch.get_num_threads(), *(split[:1] if split else ())}):
+            for threads in self.t3_thread_counts():
                 with _threads(threads):
                     self.decoder.warm_up_prefill(voice.cond_emb, self.max_text_positions, self.prefix_kv(voice))
         self.tokenizer.prepare(self.default_language)  # e.g. Chinese word segmentation, before serving

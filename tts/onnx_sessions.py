@@ -38,10 +38,10 @@ class Sessions:
         if session is None:
             with self._lock:
                 session = self._sessions.get(threads)
-                if session is None and self._model is None:  # released: the closest one made
-                    return self._sessions[min(self._sessions, key=lambda n: (abs(n - threads), -n))]
-                session = session or self._new(threads)
-                self._sessions[threads] = session
+                if session is None:
+                    if self._model is None:  # released: the closest one made
+                        return self._sessions[min(self._sessions, key=lambda n: (abs(n - threads), -n))]
+                    session = self._sessions[threads] = self._new(threads)
         return session
 
     def release(self) -> None:

@@ -33,9 +33,10 @@ SAMPLES_PER_MEL = 480  # HiFT: 8*5*3 upsampling x iSTFT hop 4
 LOOKAHEAD = 3  # tokens the flow encoder looks ahead (pre_lookahead_len)
 HIFT_CONTEXT_MELS = 8  # cached mel frames (160 ms) fed to HiFT in front of each chunk, at least
 # HiFT's input length (context + new frames) is rounded up to a multiple of HIFT_BUCKET_MELS by
-# taking more of the cached frames as context: oneDNN builds its convolution kernels per input length (~0.5 s for
-# HiFT's ~60 convolutions at a new length on one core), and a chunk schedule that sizes chunks
-# freely meets a new length at most chunks; in buckets a few lengths cover every chunk.
+# taking more of the cached frames as context (hift_context): oneDNN builds its convolution
+# kernels per input length (~0.5 s for HiFT's ~60 convolutions at a new length on one core), and
+# a chunk schedule that sizes chunks freely meets a new length at most chunks; in buckets a few
+# lengths cover every chunk.
 HIFT_BUCKET_MELS = 16
 
 
